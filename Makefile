@@ -1,0 +1,45 @@
+# Every target installs what it needs first: `make test` works from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run test test-fast lint fmt bench chaos container-test clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv  ## start catalog, order 1-3 and the front end; Ctrl-C stops all
+	$(BIN)/bazaar run-all
+
+test: venv  ## the whole suite: unit, component (real sockets), system (processes, faults)
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q tests/unit tests/component
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/rpc.py
+
+chaos: venv  ## long fault-injection runs
+	$(BIN)/pytest -q -m chaos tests/system
+
+container-test: venv
+	bash scripts/container-test.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

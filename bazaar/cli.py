@@ -1,0 +1,135 @@
+"""The `bazaar` command: run a role, call any RPC method, run all services, load test.
+
+Roles are looked up lazily so `bazaar call` stays fast and light. Each role
+module exposes `run(config, stop)`, which serves until the `stop` event is set;
+this module turns SIGTERM/SIGINT into that event.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from bazaar import config as configmod
+from bazaar.errors import BazaarError
+
+ROLES = {
+    "catalog": "bazaar.catalog.service",
+    "order": "bazaar.order.service",
+    "frontend": "bazaar.frontend.server",
+}
+
+
+def _load_config(**overrides) -> configmod.Config:
+    try:
+        return configmod.from_env().with_(**overrides)
+    except configmod.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve_role(role: str, cfg: configmod.Config) -> None:
+    """Run one role in this process until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    module = importlib.import_module(ROLES[role])
+    try:
+        module.run(cfg, stop)
+    except BazaarError as err:
+        raise click.ClickException(f"{err.code}: {err.message}") from None
+    except configmod.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bazaar")
+def main() -> None:
+    """Stock Bazaar: run services, call them, load them."""
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
+def catalog(data_dir):
+    """Run the catalog service."""
+    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
+    _setup_logging(cfg.log_level, "catalog")
+    serve_role("catalog", cfg)
+
+
+@main.command()
+@click.option("--id", "order_id", type=click.IntRange(min=1), help="Overrides BAZAAR_ORDER_ID.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
+def order(order_id, data_dir):
+    """Run one order replica."""
+    cfg = _load_config(order_id=order_id, data_dir=data_dir and configmod.Path(data_dir))
+    if cfg.order_id is None:
+        raise click.ClickException("order: give --id N or set BAZAAR_ORDER_ID")
+    if cfg.order_id not in cfg.order_replicas:
+        raise click.ClickException(
+            f"order: id {cfg.order_id} is not in BAZAAR_ORDER_REPLICAS "
+            f"({', '.join(map(str, cfg.order_replicas))})"
+        )
+    _setup_logging(cfg.log_level, f"order{cfg.order_id}")
+    serve_role("order", cfg)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Overrides BAZAAR_HTTP_PORT.")
+def frontend(port):
+    """Run the HTTP front end."""
+    cfg = _load_config(http_port=port)
+    _setup_logging(cfg.log_level, "frontend")
+    serve_role("frontend", cfg)
+
+
+def _parse_value(text: str):
+    """`key=value` values: JSON when they parse (numbers, true, null, lists), else strings."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@main.command()
+@click.argument("endpoint")
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds.")
+def call(endpoint, method, args, timeout):
+    """Call METHOD on the service at ENDPOINT with key=value arguments; prints JSON."""
+    from bazaar import rpc
+
+    kwargs = {}
+    for item in args:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"argument {item!r} is not key=value")
+        kwargs[key] = _parse_value(value)
+    try:
+        result = rpc.call(endpoint, method, kwargs, timeout=timeout)
+    except BazaarError as err:
+        click.echo(f"{err.code}: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""ZeroMQ RPC: `Server` (one ROUTER socket) and `Client` (a pool of DEALERs).
+
+Owns every socket option of the RPC layer, so socket hygiene lives in one
+place: LINGER 0, bounded HWMs, MAXMSGSIZE, no socket reused after a timeout.
+The byte format lives in `bazaar.wire`; this module only moves frames.
+
+Server threading: one I/O thread owns the ROUTER socket (zmq sockets are not
+thread-safe). Methods registered `inline=True` (fast, never block) run on that
+thread; all others run on a bounded worker pool, and their replies travel back
+to the I/O thread over an inproc PUSH/PULL pair, so a slow handler never holds
+up the others.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from bazaar import __version__, wire
+from bazaar.errors import BazaarError
+
+log = logging.getLogger(__name__)
+
+HWM = 10_000
+DEFAULT_TIMEOUT = 2.0
+
+
+def harden(sock: zmq.Socket) -> zmq.Socket:
+    """Options every socket of ours gets: never block on close, bounded queues."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_MESSAGE_BYTES)
+    return sock
+
+
+def bind_endpoint(endpoint: str) -> str:
+    """`tcp://host:port` -> `tcp://*:port`: services bind all interfaces (SPEC 5)."""
+    if endpoint.startswith("tcp://"):
+        port = endpoint.rsplit(":", 1)[1]
+        return f"tcp://*:{port}"
+    return endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    func: Callable[..., Any]
+    signature: inspect.Signature
+    inline: bool
+
+    @property
+    def arg_names(self) -> list[str]:
+        return list(self.signature.parameters)
+
+
+class Server:
+    """An RPC server on one ROUTER socket.
+
+    >>> server = Server("tcp://127.0.0.1:0", service="demo")
+    >>> @server.method()
+    ... def add(a, b): return a + b
+    >>> server.start(); server.stop()
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        service: str,
+        replica_id: int | None = None,
+        workers: int = 8,
+        max_pending: int = 1024,
+        context: zmq.Context | None = None,
+    ):
+        self.service = service
+        self.replica_id = replica_id
+        self._ctx = context or zmq.Context.instance()
+        self._methods: dict[str, _Method] = {}
+        self._workers = workers
+        self._max_pending = max_pending
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pushers: list[zmq.Socket] = []
+        self._local = threading.local()
+        self._reply_addr = f"inproc://rpc-replies-{id(self)}-{os.getpid()}"
+
+        self._router = harden(self._ctx.socket(zmq.ROUTER))
+        if endpoint.endswith(":0"):
+            # Tests ask for a free port; bind_to_random_port is race-free.
+            base = endpoint.rsplit(":", 1)[0]
+            self.port = self._router.bind_to_random_port(base)
+            self.endpoint = f"{base}:{self.port}"
+        else:
+            self._router.bind(endpoint)
+            self.endpoint = endpoint
+            self.port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp") else None
+        self._replies = self._ctx.socket(zmq.PULL)
+        self._replies.setsockopt(zmq.LINGER, 0)
+        self._replies.bind(self._reply_addr)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc")
+
+        self.register("ping", self._ping, inline=True)
+        self.register("methods", self._list_methods, inline=True)
+
+    # ---- registration -------------------------------------------------
+    def register(self, name: str, func: Callable[..., Any], *, inline: bool = False) -> None:
+        self._methods[name] = _Method(func, inspect.signature(func), inline)
+
+    def method(self, name: str | None = None, *, inline: bool = False):
+        """Decorator form of `register`."""
+
+        def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(name or func.__name__, func, inline=inline)
+            return func
+
+        return deco
+
+    def _ping(self) -> dict[str, Any]:
+        return {"service": self.service, "id": self.replica_id, "version": __version__}
+
+    def _list_methods(self) -> list[dict[str, Any]]:
+        return [{"name": n, "args": m.arg_names} for n, m in sorted(self._methods.items())]
+
+    # ---- lifecycle ----------------------------------------------------
+    def start(self) -> Server:
+        self._thread = threading.Thread(target=self._loop, name=f"{self.service}-router", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._loop()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # ---- I/O thread ---------------------------------------------------
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._replies, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(50))
+                if self._replies in events:
+                    self._drain_replies()
+                if self._router in events:
+                    self._drain_requests()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._router.close(0)
+            self._replies.close(0)
+            for sock in self._pushers:
+                sock.close(0)
+
+    def _drain_replies(self) -> None:
+        while True:
+            try:
+                frames = self._replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._send(frames)
+
+    def _drain_requests(self) -> None:
+        for _ in range(1000):  # bounded, so replies are not starved
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                self._handle_frames(frames)
+            except Exception:  # never let one request kill the loop
+                log.exception("%s: unexpected error handling a frame", self.service)
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone or its queue full: drop the reply
+            log.debug("%s: reply dropped: %s", self.service, exc)
+
+    def _handle_frames(self, frames: list[bytes]) -> None:
+        # REQ peers and well-behaved DEALERs: [identity, b"", payload].
+        # A DEALER that omits the delimiter: [identity, payload].
+        if len(frames) >= 3 and frames[1] == b"":
+            envelope, body = frames[:2], frames[2:]
+        else:
+            envelope, body = frames[:1], frames[1:]
+        if len(body) != 1:
+            err = BazaarError(
+                "INVALID_ARGUMENT", f"expected exactly one payload frame, got {len(body)}"
+            )
+            self._send([*envelope, wire.encode_error(None, err)])
+            return
+        received = time.monotonic()
+        try:
+            request = wire.decode_request(body[0])
+        except BazaarError as err:
+            self._send([*envelope, wire.encode_error(getattr(err, "request_id", None), err)])
+            return
+        method = self._methods.get(request.method)
+        if method is None:
+            err = BazaarError("UNIMPLEMENTED", f"unknown method {request.method!r}")
+            self._send([*envelope, wire.encode_error(request.id, err)])
+            return
+        deadline = None
+        if request.deadline_ms is not None:
+            deadline = received + request.deadline_ms / 1000.0
+        if method.inline:
+            self._send([*envelope, self._execute(method, request, deadline)])
+            return
+        with self._pending_lock:
+            if self._pending >= self._max_pending:
+                err = BazaarError("RESOURCE_EXHAUSTED", f"{self.service} is overloaded")
+                self._send([*envelope, wire.encode_error(request.id, err)])
+                return
+            self._pending += 1
+        self._pool.submit(self._run_in_worker, envelope, method, request, deadline)
+
+    # ---- worker threads -----------------------------------------------
+    def _run_in_worker(self, envelope, method, request, deadline) -> None:
+        try:
+            reply = self._execute(method, request, deadline)
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+        pusher = getattr(self._local, "pusher", None)
+        if pusher is None:
+            pusher = self._ctx.socket(zmq.PUSH)
+            pusher.setsockopt(zmq.LINGER, 0)
+            pusher.connect(self._reply_addr)
+            self._local.pusher = pusher
+            self._pushers.append(pusher)
+        if self._stop.is_set():
+            return
+        try:
+            pusher.send_multipart([*envelope, reply])
+        except zmq.ZMQError:  # shutting down under our feet
+            pass
+
+    def _execute(self, method: _Method, request: wire.Request, deadline: float | None) -> bytes:
+        if deadline is not None and time.monotonic() >= deadline:
+            err = BazaarError("DEADLINE_EXCEEDED", "deadline passed before the call ran")
+            return wire.encode_error(request.id, err)
+        try:
+            bound = method.signature.bind(**request.args)
+        except TypeError as exc:
+            return wire.encode_error(
+                request.id,
+                BazaarError("INVALID_ARGUMENT", f"{request.method}: {exc}"),
+            )
+        try:
+            result = method.func(*bound.args, **bound.kwargs)
+            return wire.encode_result(request.id, result)
+        except BazaarError as err:
+            return wire.encode_error(request.id, err)
+        except Exception as exc:
+            log.exception("%s.%s failed", self.service, request.method)
+            err = BazaarError("INTERNAL", f"{request.method} failed: {type(exc).__name__}: {exc}")
+            return wire.encode_error(request.id, err)
+
+
+class Client:
+    """A thread-safe RPC client for one endpoint.
+
+    Each call borrows a DEALER from a small pool, so threads never share a
+    socket at the same time. A socket that timed out is closed, not returned:
+    a late reply or a queued request can never surface in another call.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        context: zmq.Context | None = None,
+    ):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ctx = context or zmq.Context.instance()
+        self._idle: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def _new_socket(self) -> zmq.Socket:
+        sock = harden(self._ctx.socket(zmq.DEALER))
+        # Queue only to live connections: a request to a dead peer fails fast
+        # instead of waiting to be delivered to whoever binds that port next.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _checkout(self) -> zmq.Socket:
+        with self._lock:
+            if self._closed:
+                raise BazaarError("UNAVAILABLE", f"client for {self.endpoint} is closed")
+            if self._idle:
+                return self._idle.pop()
+        return self._new_socket()
+
+    def _checkin(self, sock: zmq.Socket) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(sock)
+                return
+        sock.close(0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close(0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- calls --------------------------------------------------------
+    def call(
+        self, method: str, /, *, timeout: float | None = None, idempotent: bool = False, **args
+    ) -> Any:
+        return self.call_args(method, args, timeout=timeout, idempotent=idempotent)
+
+    def call_args(
+        self,
+        method: str,
+        args: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """Call `method` and return its result, or raise BazaarError.
+
+        Retries (within the same overall timeout) only when the call is
+        marked idempotent or carries a `key`, since only then can a request
+        that may already have run be safely sent again.
+        """
+        total = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        retryable = idempotent or "key" in args
+        attempt_budget = max(total / 3, 0.05) if retryable else total
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._attempt(method, args, min(attempt_budget, remaining), remaining)
+            except BazaarError as err:
+                if not (retryable and err.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+                    raise
+                if deadline - time.monotonic() <= 0.01:
+                    raise
+                time.sleep(0.01)
+
+    def _attempt(self, method: str, args: dict[str, Any], budget: float, remaining: float) -> Any:
+        req_id = next(self._ids)
+        payload = wire.encode_request(req_id, method, args, deadline_ms=int(remaining * 1000))
+        sock = self._checkout()
+        ok = False
+        try:
+            start = time.monotonic()
+            if not sock.poll(int(budget * 1000), zmq.POLLOUT):
+                raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
+            sock.send_multipart([b"", payload], zmq.NOBLOCK)
+            while True:
+                left = budget - (time.monotonic() - start)
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                    raise BazaarError(
+                        "DEADLINE_EXCEEDED", f"no reply from {self.endpoint} to {method} in time"
+                    )
+                frames = sock.recv_multipart()
+                reply = wire.decode_reply(frames[-1])
+                if reply.id != req_id:
+                    continue  # a stray late reply; ours is still coming
+                ok = True
+                if reply.ok:
+                    return reply.result
+                raise reply.error  # type: ignore[misc]
+        except zmq.ZMQError as exc:
+            raise BazaarError("UNAVAILABLE", f"{self.endpoint}: {exc}") from None
+        finally:
+            if ok:
+                self._checkin(sock)
+            else:
+                sock.close(0)
+
+
+def call(endpoint: str, method: str, args: dict[str, Any] | None = None, **kw) -> Any:
+    """One-shot call with a throwaway client (scripts, the CLI)."""
+    with Client(endpoint) as client:
+        return client.call_args(method, args or {}, **kw)
