@@ -45,6 +45,10 @@ class BazaarError(Exception):
         self.code = code
         self.message = message
         self.details = details or {}
+        # True when a peer sent this error in a reply; False when it was raised
+        # locally (no reply in time, peer unreachable). Callers use it to tell
+        # "the leader said no" from "the leader may be dead".
+        self.remote = False
 
     @property
     def http_status(self) -> int:

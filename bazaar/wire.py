@@ -151,15 +151,13 @@ def decode_reply(payload: bytes) -> Reply:
     if not isinstance(err, dict):
         raise BazaarError("INTERNAL", "error reply without an 'error' map")
     details = err.get("details")
-    return Reply(
-        body.get("id"),
-        False,
-        error=BazaarError(
-            str(err.get("code", "UNKNOWN")),
-            str(err.get("message", "")),
-            details if isinstance(details, dict) else None,
-        ),
+    error = BazaarError(
+        str(err.get("code", "UNKNOWN")),
+        str(err.get("message", "")),
+        details if isinstance(details, dict) else None,
     )
+    error.remote = True
+    return Reply(body.get("id"), False, error=error)
 
 
 def is_int(value: Any) -> bool:
