@@ -362,7 +362,9 @@ class Client:
             try:
                 return self._attempt(method, args, min(attempt_budget, remaining), remaining)
             except BazaarError as err:
-                if not (retryable and err.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+                # Only transport failures are retried: a peer's own error reply
+                # is an answer, and sending the request again would not change it.
+                if not retryable or err.remote:
                     raise
                 if deadline - time.monotonic() <= 0.01:
                     raise
