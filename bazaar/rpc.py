@@ -192,12 +192,15 @@ class Server:
             log.debug("%s: reply dropped: %s", self.service, exc)
 
     def _handle_frames(self, frames: list[bytes]) -> None:
-        # REQ peers and well-behaved DEALERs: [identity, b"", payload].
-        # A DEALER that omits the delimiter: [identity, payload].
-        if len(frames) >= 3 and frames[1] == b"":
-            envelope, body = frames[:2], frames[2:]
-        else:
-            envelope, body = frames[:1], frames[1:]
+        # The envelope is everything up to the first empty delimiter frame:
+        # [identity, b"", payload] from REQ and well-behaved DEALERs, plus the
+        # request-id frame a REQ_CORRELATE socket adds. A DEALER that omits
+        # the delimiter sends [identity, payload] and gets the same shape back.
+        try:
+            split = frames.index(b"", 1) + 1
+        except ValueError:
+            split = 1
+        envelope, body = frames[:split], frames[split:]
         if len(body) != 1:
             err = BazaarError(
                 "INVALID_ARGUMENT", f"expected exactly one payload frame, got {len(body)}"

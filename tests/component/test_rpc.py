@@ -1,0 +1,162 @@
+"""The RPC layer over real zmq sockets on 127.0.0.1."""
+
+import threading
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from bazaar import wire
+from bazaar.errors import BazaarError
+from bazaar.rpc import Client, Server
+from tests.conftest import recv_with_timeout, wait_until
+
+
+def request(method, args=None, req_id=1, **extra):
+    return msgpack.packb({"v": 1, "id": req_id, "method": method, "args": args or {}, **extra})
+
+
+def test_ping_and_methods(client):
+    assert client.call("ping") == {"service": "demo", "id": 7, "version": "0.1.0"}
+    methods = {m["name"]: m["args"] for m in client.call("methods")}
+    assert methods["echo"] == ["value"]
+    assert methods["slow"] == ["seconds"]
+    assert {"ping", "methods", "boom"} <= set(methods)
+
+
+def test_plain_req_socket(server, make_socket):
+    req = make_socket(zmq.REQ)
+    req.connect(server.endpoint)
+    req.send(request("echo", {"value": [1, "two"]}, req_id="r1"))
+    reply = msgpack.unpackb(recv_with_timeout(req)[0], raw=False)
+    assert reply == {"v": 1, "id": "r1", "ok": True, "result": [1, "two"]}
+
+
+def test_dealer_with_and_without_delimiter(server, make_socket):
+    dealer = make_socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
+    dealer.send_multipart([b"", request("echo", {"value": 1}, req_id=1)])
+    frames = recv_with_timeout(dealer)
+    assert frames[0] == b"" and msgpack.unpackb(frames[1])["result"] == 1
+    dealer.send_multipart([request("echo", {"value": 2}, req_id=2)])
+    frames = recv_with_timeout(dealer)
+    assert len(frames) == 1 and msgpack.unpackb(frames[0])["result"] == 2
+
+
+def test_errors_carry_codes(client):
+    with pytest.raises(BazaarError) as exc:
+        client.call("nope")
+    assert exc.value.code == "UNIMPLEMENTED" and exc.value.remote
+    with pytest.raises(BazaarError) as exc:
+        client.call("echo", wrong=1)
+    assert exc.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(BazaarError) as exc:
+        client.call("boom")
+    assert exc.value.code == "INTERNAL" and "kaboom" in exc.value.message
+    assert client.call("echo", value="still serving") == "still serving"
+
+
+def test_slow_handler_does_not_block_others(server, client):
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(client.call("slow", seconds=5)))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    wait_until(lambda: server.calls["slow"] == 3, 5, msg="three slow calls running")
+    # Inline methods and other workers still answer while three handlers block.
+    assert client.call("echo", value="fast", timeout=1) == "fast"
+    server.release.set()
+    for t in threads:
+        t.join(5)
+    assert results == [5, 5, 5]
+
+
+def test_expired_deadline_is_not_executed(server, make_socket):
+    dealer = make_socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
+    dealer.send_multipart([b"", request("slow", {"seconds": 0}, deadline_ms=0)])
+    reply = msgpack.unpackb(recv_with_timeout(dealer)[1], raw=False)
+    assert reply["ok"] is False and reply["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert server.calls["slow"] == 0
+
+
+def test_timeout_leaves_client_usable(server, client):
+    with pytest.raises(BazaarError) as exc:
+        client.call("slow", seconds=3, timeout=0.2)
+    assert exc.value.code == "DEADLINE_EXCEEDED" and not exc.value.remote
+    server.release.set()  # the late reply must not surface in the next call
+    assert client.call("echo", value="next") == "next"
+    assert client.call("echo", value="again") == "again"
+
+
+def test_unreachable_endpoint_is_unavailable_and_fast():
+    from tests.conftest import free_port
+
+    with Client(f"tcp://127.0.0.1:{free_port()}") as client:
+        start = time.monotonic()
+        with pytest.raises(BazaarError) as exc:
+            client.call("ping", timeout=0.3)
+        assert exc.value.code == "UNAVAILABLE"
+        assert time.monotonic() - start < 2
+
+
+def test_only_idempotent_or_keyed_calls_are_retried(server, client):
+    # One slow attempt times out; a retryable call tries again within its budget.
+    with pytest.raises(BazaarError):
+        client.call("slow", seconds=10, timeout=0.3)
+    assert server.calls["slow"] == 1
+    with pytest.raises(BazaarError):
+        client.call("slow", seconds=10, timeout=0.6, idempotent=True)
+    wait_until(lambda: server.calls["slow"] >= 3, 3, msg="retries reached the server")
+
+
+def test_many_threads_share_one_client(client):
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(200):
+                assert client.call("echo", value=[n, i]) == [n, i]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+
+
+def test_server_restart_on_same_port_serves_new_calls():
+    srv = Server("tcp://127.0.0.1:0", service="first").start()
+    endpoint = srv.endpoint
+    with Client(endpoint, timeout=1) as client:
+        assert client.call("ping")["service"] == "first"
+        srv.stop()
+        with pytest.raises(BazaarError):
+            client.call("ping", timeout=0.3)
+        srv2 = Server(endpoint, service="second").start()
+        try:
+            assert wait_until(lambda: client.call("ping", timeout=0.5)["service"] == "second", 5)
+        finally:
+            srv2.stop()
+
+
+def test_stop_is_quick(server):
+    start = time.monotonic()
+    server.stop()
+    assert not server._thread.is_alive()
+    assert time.monotonic() - start < 1.0
+
+
+def test_reply_to_oversized_payload_is_an_error(server, make_socket):
+    dealer = make_socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
+    payload = request("echo", {"value": b"x" * (wire.MAX_MESSAGE_BYTES + 10)})
+    dealer.send_multipart([b"", payload])
+    reply = msgpack.unpackb(recv_with_timeout(dealer)[1], raw=False)
+    assert reply["error"]["code"] == "INVALID_ARGUMENT"
