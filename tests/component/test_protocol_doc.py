@@ -1,0 +1,57 @@
+"""docs/protocol.md's raw pyzmq example runs, unchanged, against a real server."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bazaar.cli import main
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_raw_pyzmq_example_from_the_doc(server):
+    (example,) = python_blocks()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, str(DOC), "exec"), {"ENDPOINT": server.endpoint})
+    assert "'service': 'demo'" in out.getvalue()
+
+
+def test_cli_call_prints_json(server):
+    result = CliRunner().invoke(main, ["call", server.endpoint, "echo", "value=[1, 2]"])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == ["[", "1,", "2", "]"]
+
+
+def test_cli_call_ping(server):
+    result = CliRunner().invoke(main, ["call", server.endpoint, "ping"])
+    assert result.exit_code == 0
+    assert '"service": "demo"' in result.output
+
+
+def test_cli_call_error_exit_status_and_code(server):
+    result = CliRunner().invoke(main, ["call", server.endpoint, "nope"])
+    assert result.exit_code == 1
+    assert "UNIMPLEMENTED" in result.stderr
+
+
+def test_cli_call_timeout():
+    from tests.conftest import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, ["call", endpoint, "ping", "--timeout", "0.2"])
+    assert result.exit_code == 1
+    assert "UNAVAILABLE" in result.stderr
+
+
+def test_cli_call_rejects_malformed_arguments(server):
+    result = CliRunner().invoke(main, ["call", server.endpoint, "echo", "novalue"])
+    assert result.exit_code == 2
+    assert "key=value" in result.output
