@@ -131,5 +131,65 @@ def call(endpoint, method, args, timeout):
     click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
+def _default_url() -> str:
+    try:
+        return f"http://127.0.0.1:{configmod.from_env().http_port}"
+    except configmod.ConfigError:
+        return "http://127.0.0.1:8080"
+
+
+@main.command()
+@click.option("--url", default=_default_url, show_default="http://127.0.0.1:$BAZAAR_HTTP_PORT")
+@click.option("--sessions", "-n", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--requests", "-m", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "-p",
+    "prob",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Probability that an iteration also places an order.",
+)
+@click.option("--seed", type=int, help="Random seed (printed; random when not given).")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="PNG: latency histograms, or the sweep plot with --sweep.",
+)
+@click.option("--sweep", help="Comma-separated probabilities, e.g. 0,0.2,0.4,0.6,0.8.")
+@click.option("--stocks", help="Comma-separated stock names (default: the four seed stocks).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Per request, s.")
+@click.option(
+    "--error-tolerance",
+    type=click.FloatRange(0, 1),
+    default=0.001,
+    show_default=True,
+    help="Fraction of requests allowed to fail unexpectedly.",
+)
+def load(url, sessions, requests, prob, seed, plot, sweep, stocks, timeout, error_tolerance):
+    """Closed-loop load against the front end; verifies every acknowledged order."""
+    from bazaar import load as loadmod
+
+    try:
+        sweep_ps = loadmod.parse_floats(sweep) if sweep else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sweep") from None
+    names = [s.strip() for s in stocks.split(",") if s.strip()] if stocks else None
+    code = loadmod.main(
+        url,
+        sessions,
+        requests,
+        prob,
+        seed=seed,
+        plot=plot,
+        sweep=sweep_ps,
+        stocks=names or loadmod.DEFAULT_STOCKS,
+        timeout=timeout,
+        error_tolerance=error_tolerance,
+        out=click.echo,
+    )
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     main()
