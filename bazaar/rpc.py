@@ -13,6 +13,7 @@ up the others.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -32,6 +33,37 @@ from bazaar.errors import BazaarError
 log = logging.getLogger(__name__)
 
 HWM = 10_000
+# Plain ints: pyzmq's enum flags cost a few microseconds per frame on hot paths.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """A message is waiting (cheaper than a NOBLOCK recv that raises Again)."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+
+
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """recv_multipart(NOBLOCK) via Frame.more: one getsockopt fewer per frame."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """send_multipart without per-frame enum arithmetic; raises zmq.Again if full."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _NOBLOCK if i == last else _MORE_NOBLOCK)
+
+
 DEFAULT_TIMEOUT = 2.0
 
 
@@ -148,7 +180,9 @@ class Server:
 
     # ---- lifecycle ----------------------------------------------------
     def start(self) -> Server:
-        self._thread = threading.Thread(target=self._loop, name=f"{self.service}-router", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"{self.service}-router", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -165,13 +199,21 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._replies, zmq.POLLIN)
+        self._router.rcvtimeo = 50
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(50))
-                if self._replies in events:
+                if self._pending:
+                    events = dict(poller.poll(50))
+                    if self._replies in events:
+                        self._drain_replies()
+                    if self._router in events:
+                        self._drain_requests()
+                else:
+                    # Nothing on the worker pool: every reply was pushed before
+                    # its request stopped counting as pending, so one drain
+                    # suffices, and a blocking recv wakes up faster than a poll.
                     self._drain_replies()
-                if self._router in events:
-                    self._drain_requests()
+                    self._serve_blocking()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._router.close(0)
@@ -179,28 +221,33 @@ class Server:
             for sock in self._pushers:
                 sock.close(0)
 
+    def _serve_blocking(self) -> None:
+        try:
+            frames = self._router.recv_multipart()
+        except zmq.Again:
+            return
+        self._handle_safely(frames)
+        self._drain_requests()
+
+    def _handle_safely(self, frames: list[bytes]) -> None:
+        try:
+            self._handle_frames(frames)
+        except Exception:  # never let one request kill the loop
+            log.exception("%s: unexpected error handling a frame", self.service)
+
     def _drain_replies(self) -> None:
-        while True:
-            try:
-                frames = self._replies.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._send(frames)
+        while readable(self._replies):
+            self._send(recv_frames(self._replies))
 
     def _drain_requests(self) -> None:
         for _ in range(1000):  # bounded, so replies are not starved
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
+            if not readable(self._router):
                 return
-            try:
-                self._handle_frames(frames)
-            except Exception:  # never let one request kill the loop
-                log.exception("%s: unexpected error handling a frame", self.service)
+            self._handle_safely(recv_frames(self._router))
 
     def _send(self, frames: list[bytes]) -> None:
         try:
-            self._router.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self._router, frames)
         except zmq.ZMQError as exc:  # peer gone or its queue full: drop the reply
             log.debug("%s: reply dropped: %s", self.service, exc)
 
@@ -248,10 +295,13 @@ class Server:
     # ---- worker threads -----------------------------------------------
     def _run_in_worker(self, envelope, method, request, deadline) -> None:
         try:
-            reply = self._execute(method, request, deadline)
+            self._push_reply([*envelope, self._execute(method, request, deadline)])
         finally:
+            # Only after the reply is in the inproc queue (see _loop).
             with self._pending_lock:
                 self._pending -= 1
+
+    def _push_reply(self, frames: list[bytes]) -> None:
         pusher = getattr(self._local, "pusher", None)
         if pusher is None:
             pusher = self._ctx.socket(zmq.PUSH)
@@ -261,10 +311,8 @@ class Server:
             self._pushers.append(pusher)
         if self._stop.is_set():
             return
-        try:
-            pusher.send_multipart([*envelope, reply])
-        except zmq.ZMQError:  # shutting down under our feet
-            pass
+        with contextlib.suppress(zmq.ZMQError):  # shutting down under our feet
+            pusher.send_multipart(frames)
 
     def _execute(self, method: _Method, request: wire.Request, deadline: float | None) -> bytes:
         if deadline is not None and time.monotonic() >= deadline:
@@ -382,13 +430,13 @@ class Client:
 
     def _send(self, sock: zmq.Socket, payload: bytes, budget: float, method: str) -> None:
         try:  # the common case: a pooled socket that is already connected
-            sock.send_multipart([b"", payload], zmq.NOBLOCK)
+            send_frames(sock, [b"", payload])
             return
         except zmq.Again:
             pass
         if not sock.poll(int(budget * 1000), zmq.POLLOUT):
             raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
-        sock.send_multipart([b"", payload], zmq.NOBLOCK)
+        send_frames(sock, [b"", payload])
 
     def call_many(
         self, method: str, args_list: list[dict[str, Any]], *, window: int = 64, timeout=None
@@ -415,9 +463,13 @@ class Client:
                     self._send(sock, payload, deadline - time.monotonic(), method)
                     sent += 1
                 left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                if left <= 0:
                     raise BazaarError("DEADLINE_EXCEEDED", f"no reply from {self.endpoint} in time")
-                reply = wire.decode_reply(sock.recv_multipart()[-1])
+                sock.rcvtimeo = int(left * 1000) + 1
+                try:
+                    reply = wire.decode_reply(sock.recv_multipart()[-1])
+                except zmq.Again:
+                    continue
                 index = ids.pop(reply.id, None)
                 if index is None:
                     continue
@@ -443,11 +495,16 @@ class Client:
             self._send(sock, payload, budget, method)
             while True:
                 left = budget - (time.monotonic() - start)
-                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                if left <= 0:
                     raise BazaarError(
                         "DEADLINE_EXCEEDED", f"no reply from {self.endpoint} to {method} in time"
                     )
-                frames = sock.recv_multipart()
+                # A blocking recv with a timeout wakes up sooner than poll + recv.
+                sock.rcvtimeo = int(left * 1000) + 1
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.Again:
+                    continue
                 reply = wire.decode_reply(frames[-1])
                 if reply.id != req_id:
                     continue  # a stray late reply; ours is still coming

@@ -14,8 +14,7 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -60,8 +59,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):  # a NamedTuple: built per request, so cheap to build
     id: str | int
     method: str
     args: dict[str, Any]
@@ -102,13 +100,14 @@ def decode_request(payload: bytes) -> Request:
 
 
 def _validate_request(body: dict[str, Any], req_id: str | int) -> Request:
-    if body.get("v") != VERSION or isinstance(body.get("v"), bool):
+    version = body.get("v")
+    if version != VERSION or type(version) is not int:
         raise BazaarError(
-            "INVALID_ARGUMENT", f"unsupported protocol version {body.get('v')!r}; expected 1"
+            "INVALID_ARGUMENT", f"unsupported protocol version {version!r}; expected 1"
         )
-    unknown = set(body) - _REQUEST_KEYS
-    if unknown:
-        raise BazaarError("INVALID_ARGUMENT", f"unknown request keys: {sorted(unknown)}")
+    if not body.keys() <= _REQUEST_KEYS:
+        unknown = sorted(body.keys() - _REQUEST_KEYS)
+        raise BazaarError("INVALID_ARGUMENT", f"unknown request keys: {unknown}")
     method = body.get("method")
     if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LEN:
         raise BazaarError("INVALID_ARGUMENT", "request 'method' must be a non-empty string")
@@ -129,8 +128,7 @@ def encode_error(req_id: str | int | None, error: BazaarError) -> bytes:
     return pack({"v": VERSION, "id": req_id, "ok": False, "error": error.to_dict()})
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     id: str | int | None
     ok: bool
     result: Any = None
