@@ -78,10 +78,7 @@ class Cluster:
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running")
-        if name.startswith("order"):
-            args = ["order", "--id", name.removeprefix("order")]
-        else:
-            args = [name]
+        args = ["order", "--id", name.removeprefix("order")] if name.startswith("order") else [name]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "bazaar.cli", *args],
