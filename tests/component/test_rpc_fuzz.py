@@ -75,9 +75,7 @@ def malformed_payload(rng: random.Random, n: int) -> tuple[list[bytes], str]:
     if case == 9:  # empty payload frame
         return [b""], "INVALID_ARGUMENT"
     # random structure with random keys: garbage of the right shape
-    body = {
-        rng.choice(["v", "id", "method", "args", "junk"]): _random_value(rng) for _ in range(4)
-    }
+    body = {rng.choice(["v", "id", "method", "args", "junk"]): _random_value(rng) for _ in range(4)}
     body.setdefault("v", 1)
     body["junk"] = 1  # always an unknown key, so never a valid request
     body["id"] = n
