@@ -1,0 +1,2 @@
+"""Order replicas: the durable log (`log`), replication decisions (`replication`, pure)
+and the running service (`service`)."""

@@ -1,0 +1,468 @@
+"""Replication of the order log: a pure state machine (messages and `now` in, actions out).
+
+This module owns every replication decision of one order replica: which
+epochs and leaders it accepts, which records a follower lacks and when to send
+them, when a proposed order may be acknowledged, when a follower counts as
+down and when as back, and how a log that diverged is repaired. It never
+touches a socket, a file, a thread or a clock: `bazaar.order.service` feeds it
+requests, replies, durability notices and the time, and performs the actions
+it returns (`Persist`, `Truncate`, `SaveState`, `Send`, `Acknowledge`,
+`Abort`). Tests drive it with a fake network and clock.
+
+Invariants
+- One leader per epoch. Epochs only grow; a replica accepts an epoch once
+  (`SaveState` is persisted before anything else happens in it) and refuses
+  `set_leader`/`replicate`/promises from a lower epoch, or from the same epoch
+  naming another leader, with ABORTED details {"epoch"}.
+- Log matching. A record is created only by the leader of its epoch, once per
+  number, so (number, epoch) names one record everywhere, and two logs that
+  hold the same (number, epoch) are identical up to it. A follower appends
+  only after the record before the batch matches (`prev_number`,
+  `prev_epoch`); a record that conflicts with the leader's (same number, other
+  epoch) is an unacknowledged leftover of an old leader and is truncated.
+- Commit rule. Record n is acknowledged only when durable on the leader and
+  on at least one follower, or on the leader alone when no follower is up. A
+  follower is down after `follower_timeout` without an answer to an
+  outstanding request, and up again once it holds everything acknowledged.
+- Acknowledgements are monotonic: `commit` never goes down while leading.
+
+Theory of operation: the leader streams batches (at most `batch` records)
+to each follower, up to `window` batches in flight; a follower that
+answers `ok=False` (a gap or a conflict) tells the leader where to restart
+from. A down follower gets one probe per `probe_interval` instead of a
+stream. A new leader first adopts the most up-to-date log of its reachable
+peers (`plan_catch_up`), so every record acknowledged by a previous leader
+(durable on some follower) survives a single failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from bazaar.errors import BazaarError
+from bazaar.order.log import Record
+
+FOLLOWER, RECOVERING, LEADER = "follower", "recovering", "leader"
+
+
+# ---- messages -------------------------------------------------------------
+class Replicate(NamedTuple):
+    epoch: int
+    leader: int
+    prev_number: int
+    prev_epoch: int | None
+    records: tuple[Record, ...]
+
+
+class ReplicateReply(NamedTuple):
+    epoch: int
+    ok: bool
+    last_number: int  # the follower's last record (on ok=False: where to resend after)
+    matched: int  # ok=True: the follower holds the leader's log up to here, durably
+
+
+# ---- actions --------------------------------------------------------------
+class SaveState(NamedTuple):
+    epoch: int
+    leader: int | None
+
+
+class Persist(NamedTuple):
+    records: tuple[Record, ...]
+
+
+class Truncate(NamedTuple):
+    from_number: int
+
+
+class Send(NamedTuple):
+    to: int
+    message: Replicate
+
+
+class Acknowledge(NamedTuple):
+    upto: int  # every pending order numbered <= upto is committed
+
+
+class Abort(NamedTuple):
+    from_number: int  # pending orders numbered >= this will not be acknowledged here
+    error: BazaarError
+
+
+def aborted(message: str, epoch: int) -> BazaarError:
+    return BazaarError("ABORTED", message, {"epoch": epoch})
+
+
+def not_leader(leader: int | None, epoch: int, why: str = "not the leader") -> BazaarError:
+    return BazaarError(
+        "UNAVAILABLE",
+        f"order replica: {why}",
+        {"not_leader": True, "leader": leader, "epoch": epoch},
+    )
+
+
+@dataclass
+class Follower:
+    """What the leader knows about one follower."""
+
+    match: int = -1  # highest number known durable and identical on the follower
+    next: int = 0  # next number to send
+    alive: bool = True  # answers in time: gets the stream (else only probes)
+    up: bool = True  # alive and caught up: counts for the commit rule
+    inflight: list[tuple[int, float]] = field(default_factory=list)  # (last number sent, at)
+    last_probe: float = float("-inf")
+
+
+class Replica:
+    """The replication state of one order replica."""
+
+    def __init__(
+        self,
+        replica_id: int,
+        peers: list[int],
+        records: list[Record],
+        epoch: int = 0,
+        leader: int | None = None,
+        *,
+        follower_timeout: float = 0.5,
+        probe_interval: float = 0.1,
+        batch: int = 256,
+        window: int = 8,
+    ):
+        self.id = replica_id
+        self.peers = [p for p in peers if p != replica_id]
+        self.records: list[Record] = list(records)  # durable ones, then ones being persisted
+        self.keys: dict[str, int] = {r.key: r.number for r in self.records}
+        self.durable = len(self.records) - 1
+        self.epoch = epoch
+        self.leader = leader
+        self.role = FOLLOWER
+        self.commit = -1  # highest acknowledged number while leading
+        self.followers: dict[int, Follower] = {}
+        self.follower_timeout = follower_timeout
+        self.probe_interval = probe_interval
+        self.batch = batch
+        self.window = window
+
+    # ---- views ------------------------------------------------------------
+    @property
+    def last_number(self) -> int:
+        return len(self.records) - 1
+
+    def epoch_at(self, number: int) -> int | None:
+        return self.records[number].epoch if 0 <= number < len(self.records) else None
+
+    def last_epoch(self) -> int:
+        return self.records[-1].epoch if self.records else 0
+
+    def epoch_runs(self, upto: int | None = None) -> list[list[int]]:
+        """[[epoch, first number], ...] of this log: enough to find where two logs diverge."""
+        runs: list[list[int]] = []
+        end = len(self.records) if upto is None else upto + 1
+        for r in self.records[:end]:
+            if not runs or runs[-1][0] != r.epoch:
+                runs.append([r.epoch, r.number])
+        return runs
+
+    # ---- epochs -----------------------------------------------------------
+    def epoch_change(self, epoch: int, leader: int) -> bool:
+        """True when (epoch, leader) is new and acceptable; raises ABORTED when stale.
+
+        The service persists the new epoch *before* calling the mutating
+        handler, so a disk that cannot save it changes nothing.
+        """
+        if epoch < self.epoch or (epoch == self.epoch and self.leader not in (None, leader)):
+            raise aborted(
+                f"epoch {epoch} (leader {leader}) is stale: accepted {self.epoch} "
+                f"(leader {self.leader})",
+                self.epoch,
+            )
+        return not (epoch == self.epoch and self.leader == leader)
+
+    def _check_epoch(self, epoch: int, leader: int) -> list:
+        """Accept (epoch, leader) or raise ABORTED; returns SaveState (+ step-down) actions."""
+        if not self.epoch_change(epoch, leader):
+            return []
+        actions: list = [SaveState(epoch, leader)]
+        actions += self._step_down(f"replica {leader} leads epoch {epoch}", leader, epoch)
+        self.epoch, self.leader = epoch, leader
+        if leader == self.id:
+            self.role = RECOVERING
+        return actions
+
+    def _step_down(self, why: str, leader: int | None, epoch: int) -> list:
+        was_leading = self.role != FOLLOWER
+        self.role = FOLLOWER
+        self.followers = {}
+        if not was_leading or self.commit >= self.last_number:
+            return []
+        return [Abort(self.commit + 1, not_leader(leader, epoch, why))]
+
+    def on_set_leader(self, leader: int, epoch: int) -> list:
+        """`set_leader`: raises ABORTED if stale; when it names us, the service recovers us."""
+        return self._check_epoch(epoch, leader)
+
+    def on_promise(self, leader: int, epoch: int) -> list:
+        """A new leader's catch-up carries its epoch: after this we refuse the old leader."""
+        return self._check_epoch(epoch, leader)
+
+    def fenced(self, epoch: int) -> list:
+        """The catalog (or a peer) knows a higher epoch: stop leading at once."""
+        if epoch < self.epoch or self.role == FOLLOWER:
+            return []
+        return self._step_down(f"fenced by epoch {epoch}", None, epoch)
+
+    # ---- follower side ------------------------------------------------------
+    def on_replicate(self, msg: Replicate) -> tuple[list, ReplicateReply]:
+        """Apply a batch. Returns actions and the reply to send once they are durable."""
+        actions = self._check_epoch(msg.epoch, msg.leader)
+        if msg.prev_number > self.last_number:
+            return actions, ReplicateReply(self.epoch, False, self.last_number, -1)
+        if msg.prev_number >= 0 and self.epoch_at(msg.prev_number) != msg.prev_epoch:
+            restart = self._run_start(msg.prev_number) - 1
+            return actions, ReplicateReply(self.epoch, False, restart, -1)
+        new: list[Record] = []
+        for record in msg.records:
+            mine = self.epoch_at(record.number) if not new else None
+            if mine == record.epoch:
+                continue  # a duplicate: we hold it already
+            if mine is not None:
+                actions.append(self._cut(record.number))
+            new.append(record)
+        if new:
+            actions.append(self._append(new))
+        matched = msg.records[-1].number if msg.records else msg.prev_number
+        return actions, ReplicateReply(self.epoch, True, self.last_number, matched)
+
+    def _run_start(self, number: int) -> int:
+        """First number of the run of equal epochs that holds `number` (conflict hint)."""
+        epoch = self.epoch_at(number)
+        while number > 0 and self.epoch_at(number - 1) == epoch:
+            number -= 1
+        return number
+
+    # ---- leading ------------------------------------------------------------
+    def start_leading(self, now: float) -> list:
+        """Recovery is done (peers' records adopted): lead, probing every follower."""
+        if self.role != RECOVERING:
+            raise not_leader(self.leader, self.epoch, "no longer elected")
+        self.role = LEADER
+        self.commit = self.durable if not self.peers else -1
+        self.followers = {p: Follower(next=self.last_number + 1) for p in self.peers}
+        actions: list = []
+        for peer, f in self.followers.items():
+            f.inflight.append((f.next - 1, now))
+            actions.append(Send(peer, self._message(f.next - 1, ())))
+        return actions + self._advance_commit()
+
+    def propose(self, name: str, kind: str, quantity: int, key: str, trade_seq: int | None, now):
+        """Assign the next number to a traded order. Returns (record, actions).
+
+        The record is streamed to followers while it is being persisted here;
+        it is acknowledged only once durable on both sides (commit rule).
+        """
+        if self.role != LEADER:
+            raise not_leader(self.leader, self.epoch)
+        record = Record(self.last_number + 1, name, kind, quantity, key, trade_seq, self.epoch)
+        return record, [self._append([record]), *self._stream(now)]
+
+    def on_durable(self, upto: int, now: float) -> list:
+        """Records up to `upto` are on our disk: stream them, maybe acknowledge."""
+        self.durable = max(self.durable, min(upto, self.last_number))
+        if self.role != LEADER:
+            return []
+        return self._stream(now) + self._advance_commit()
+
+    def on_disk_error(self, error: BazaarError) -> list:
+        """Records not yet durable were not written: forget them; a leader steps down.
+
+        A leader may already have streamed them, so it must never reuse their
+        numbers in this epoch: only a new epoch (a new election) may.
+        """
+        lost = self.durable + 1
+        actions: list = []
+        if self.role != FOLLOWER:
+            self.role = FOLLOWER
+            self.followers = {}
+            if self.commit + 1 <= self.last_number:
+                actions.append(Abort(self.commit + 1, error))
+        self._cut(lost)
+        return actions
+
+    def reset_log(self, records: list[Record]) -> None:
+        """After a disk error: what is on disk is the truth (a follower's view only)."""
+        self.records = list(records)
+        self.keys = {r.key: r.number for r in self.records}
+        self.durable = self.last_number
+
+    def adopt(self, truncate_from: int | None, records: list[Record]) -> list:
+        """Catch-up: drop our divergent tail, append a peer's records that follow our log."""
+        if self.role == LEADER:
+            raise BazaarError("FAILED_PRECONDITION", "a serving leader does not adopt logs")
+        actions: list = []
+        if truncate_from is not None and truncate_from <= self.last_number:
+            actions.append(self._cut(truncate_from))
+        new = [r for r in records if r.number > self.last_number]
+        if new and new[0].number == self.last_number + 1:
+            actions.append(self._append(new))
+        return actions
+
+    def _append(self, records: list[Record]) -> Persist:
+        for r in records:
+            if r.number != len(self.records):
+                raise BazaarError("INVALID_ARGUMENT", f"record {r.number} is not consecutive")
+            self.records.append(r)
+            self.keys[r.key] = r.number
+        return Persist(tuple(records))
+
+    def _cut(self, number: int) -> Truncate:
+        for r in self.records[number:]:
+            if self.keys.get(r.key) == r.number:
+                del self.keys[r.key]
+        del self.records[number:]
+        self.durable = min(self.durable, number - 1)
+        for f in self.followers.values():
+            f.next = min(f.next, number)
+        return Truncate(number)
+
+    def on_reply(self, peer: int, reply: ReplicateReply | BazaarError, now: float) -> list:
+        """A follower answered (or refused) one of our `replicate` messages."""
+        f = self.followers.get(peer)
+        if self.role != LEADER or f is None:
+            return []
+        if isinstance(reply, BazaarError):
+            return self._on_refusal(reply)
+        if reply.epoch != self.epoch:
+            return []  # an answer to an older leadership of ours
+        f.alive = True
+        if reply.ok:
+            f.match = max(f.match, min(reply.matched, self.last_number))
+            f.inflight = [(n, t) for n, t in f.inflight if n > reply.matched]
+            if not f.up and f.match >= self.commit:
+                f.up = True
+        else:
+            f.next = min(reply.last_number, self.last_number) + 1
+            f.inflight = []
+        return self._stream(now) + self._advance_commit()
+
+    def _on_refusal(self, error: BazaarError) -> list:
+        epoch = error.details.get("epoch") if error.code == "ABORTED" else None
+        if isinstance(epoch, int) and epoch >= self.epoch:
+            return self._step_down(f"a follower accepted epoch {epoch}", None, epoch)
+        return []  # e.g. its disk failed: no answer, the timeout will mark it down
+
+    def tick(self, now: float) -> list:
+        """Time passed: mark silent followers down, probe down ones, resend stalled streams."""
+        if self.role != LEADER:
+            return []
+        actions: list = []
+        for peer, f in self.followers.items():
+            if f.inflight and now - f.inflight[0][1] > self.follower_timeout:
+                f.alive = f.up = False
+                f.inflight = []
+                f.next = f.match + 1
+            if not f.alive and not f.inflight and now - f.last_probe >= self.probe_interval:
+                f.last_probe = now
+                actions += self._send_batch(peer, f, now)
+        return actions + self._stream(now) + self._advance_commit()
+
+    def _stream(self, now: float) -> list:
+        actions: list = []
+        for peer, f in self.followers.items():
+            if not f.alive:
+                continue
+            while len(f.inflight) < self.window and f.next <= self.last_number:
+                actions += self._send_batch(peer, f, now)
+        return actions
+
+    def _send_batch(self, peer: int, f: Follower, now: float) -> list:
+        end = min(f.next + self.batch, self.last_number + 1)
+        records = tuple(self.records[f.next : end])
+        f.inflight.append((end - 1, now))
+        message = self._message(f.next - 1, records)
+        f.next = end
+        return [Send(peer, message)]
+
+    def _message(self, prev: int, records: tuple[Record, ...]) -> Replicate:
+        return Replicate(self.epoch, self.id, prev, self.epoch_at(prev), records)
+
+    def _advance_commit(self) -> list:
+        up = [f for f in self.followers.values() if f.up]
+        if up:
+            best = max(f.match for f in self.followers.values())
+            target = min(self.durable, best)
+        else:
+            target = self.durable
+        if target <= self.commit:
+            return []
+        self.commit = target
+        return [Acknowledge(target)]
+
+    # ---- status ---------------------------------------------------------------
+    def follower_status(self) -> dict[int, dict]:
+        return {
+            p: {"up": f.up, "last_number": f.match if f.match >= 0 else None}
+            for p, f in self.followers.items()
+        }
+
+
+# ---- catch-up planning (pure) ------------------------------------------------
+class PeerLog(NamedTuple):
+    """A peer's answer to `catch_up`: its epoch runs, its last record, the records sent."""
+
+    peer: int
+    last_number: int
+    runs: list[list[int]]
+    records: list[Record]
+    more: bool = False
+
+
+def epoch_of(runs: list[list[int]], last: int, number: int) -> int | None:
+    """The epoch of `number` in a log described by its runs."""
+    if number < 0 or number > last:
+        return None
+    for epoch, first in reversed(runs):
+        if first <= number:
+            return epoch
+    return None
+
+
+def common_prefix(a_runs, a_last, b_runs, b_last) -> int:
+    """Last number where two logs agree (log matching: same epoch there => same prefix)."""
+    best = -1
+    for epoch_a, first_a in a_runs:
+        for epoch_b, first_b in b_runs:
+            if epoch_a != epoch_b:
+                continue
+            end_a = _run_end(a_runs, a_last, first_a)
+            end_b = _run_end(b_runs, b_last, first_b)
+            start, end = max(first_a, first_b), min(end_a, end_b)
+            if start <= end:
+                best = max(best, end)
+    return best
+
+
+def _run_end(runs, last, first) -> int:
+    later = [f for _, f in runs if f > first]
+    return min(later) - 1 if later else last
+
+
+def up_to_date(runs: list[list[int]], last: int) -> tuple[int, int]:
+    """Raft's order of logs: the later last epoch wins, then the longer log."""
+    return (runs[-1][0] if runs else 0, last)
+
+
+def plan_catch_up(replica: Replica, answers: list[PeerLog]) -> tuple[int | None, PeerLog | None]:
+    """Which peer to adopt and from where: (truncate_from or None, peer) or (None, None).
+
+    Adopt the most up-to-date log among ours and the peers'; when it is a
+    peer's, keep our common prefix with it and take the rest from it.
+    """
+    mine = up_to_date(replica.epoch_runs(), replica.last_number)
+    best = max(answers, key=lambda a: up_to_date(a.runs, a.last_number), default=None)
+    if best is None or up_to_date(best.runs, best.last_number) <= mine:
+        return None, None
+    prefix = common_prefix(replica.epoch_runs(), replica.last_number, best.runs, best.last_number)
+    truncate = prefix + 1 if prefix < replica.last_number else None
+    return truncate, best

@@ -1,0 +1,250 @@
+"""Three order replicas in-process on random ports, real files, a fake catalog.
+
+The fake catalog is a real `rpc.Server` with the catalog's contract
+(docs/architecture.md): `trade` idempotent by key and refused below the
+fenced epoch, `fence`, `trades_since`.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bazaar import rpc
+from bazaar.config import Config
+from bazaar.errors import BazaarError
+from bazaar.order.service import OrderReplica
+from tests.conftest import free_port, wait_until
+
+
+class FakeCatalog:
+    def __init__(self):
+        self.server = rpc.Server("tcp://127.0.0.1:0", service="catalog")
+        self.lock = threading.Lock()
+        self.trades: list[dict] = []
+        self.by_key: dict[str, dict] = {}
+        self.fenced = 0
+        self.quantity: dict[str, int] = {"GameStart": 100, "FishCo": 100}
+        for name in ("trade", "fence", "trades_since"):
+            self.server.register(name, getattr(self, name))
+        self.server.start()
+        self.endpoint = self.server.endpoint
+
+    def trade(self, key, name, type, quantity, epoch):
+        with self.lock:
+            if epoch < self.fenced:
+                raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
+            if key in self.by_key:
+                return self.by_key[key]
+            if name not in self.quantity:
+                raise BazaarError("NOT_FOUND", f"no stock {name}")
+            delta = -quantity if type == "buy" else quantity
+            if self.quantity[name] + delta < 0:
+                raise BazaarError("FAILED_PRECONDITION", "not enough stock")
+            self.quantity[name] += delta
+            t = {"seq": len(self.trades) + 1, "key": key, "name": name, "type": type}
+            t.update(quantity=quantity, epoch=epoch)
+            self.trades.append(t)
+            self.by_key[key] = t
+            return t
+
+    def fence(self, epoch):
+        with self.lock:
+            self.fenced = max(self.fenced, epoch)
+            return {"epoch": self.fenced}
+
+    def trades_since(self, after, limit=None):
+        with self.lock:
+            trades = [t for t in self.trades if t["seq"] > after][: limit or None]
+            return {"trades": trades, "last_seq": len(self.trades)}
+
+    def stop(self):
+        self.server.stop()
+
+
+class Trio:
+    """Three replicas sharing one replica map; each can be stopped and restarted."""
+
+    def __init__(self, root: Path, catalog: FakeCatalog):
+        self.root = root
+        self.catalog = catalog
+        self.endpoints = {rid: f"tcp://127.0.0.1:{free_port()}" for rid in (1, 2, 3)}
+        self.replicas: dict[int, OrderReplica] = {}
+        self.clients = {rid: rpc.Client(e, timeout=5) for rid, e in self.endpoints.items()}
+        self.epoch = 0
+
+    def config(self, rid: int) -> Config:
+        return Config(
+            catalog=self.catalog.endpoint,
+            order_replicas=self.endpoints,
+            order_id=rid,
+            data_dir=self.root / f"order{rid}",
+        )
+
+    def start(self, rid: int) -> OrderReplica:
+        self.replicas[rid] = OrderReplica(self.config(rid), follower_timeout=0.3).start()
+        return self.replicas[rid]
+
+    def stop(self, rid: int) -> None:
+        self.replicas.pop(rid).stop()
+
+    def elect(self, leader: int) -> int:
+        self.epoch += 1
+        for rid in self.replicas:
+            self.clients[rid].call("set_leader", leader=leader, epoch=self.epoch)
+        return self.epoch
+
+    def order(self, leader: int, key=None, name="GameStart", type="buy", quantity=1):
+        key = key or uuid.uuid4().hex
+        res = self.clients[leader].call(
+            "order", key=key, name=name, type=type, quantity=quantity, timeout=10
+        )
+        return res["transaction_number"]
+
+    def log_bytes(self, rid: int) -> bytes:
+        return (self.root / f"order{rid}" / f"orders-{rid}.csv").read_bytes()
+
+    def wait_identical(self, rids=(1, 2, 3)):
+        def same():
+            data = {self.log_bytes(r) for r in rids}
+            return len(data) == 1
+
+        wait_until(same, 10, msg="identical logs")
+
+    def close(self):
+        for rid in list(self.replicas):
+            self.stop(rid)
+        for c in self.clients.values():
+            c.close()
+
+
+@pytest.fixture
+def catalog():
+    c = FakeCatalog()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def trio(tmp_path, catalog):
+    t = Trio(tmp_path, catalog)
+    for rid in (1, 2, 3):
+        t.start(rid)
+    yield t
+    t.close()
+
+
+def test_order_replicates_and_logs_are_identical(trio):
+    trio.elect(3)
+    numbers = [trio.order(3) for _ in range(20)]
+    assert numbers == list(range(20))
+    trio.wait_identical()
+    assert trio.log_bytes(1).startswith(b"number,name,type,quantity,key,trade_seq,epoch\n")
+    for rid in (1, 2, 3):
+        assert trio.clients[rid].call("get_order", number=5)["number"] == 5
+    status = trio.clients[3].call("status")
+    assert status["role"] == "leader" and status["last_number"] == 19
+
+
+def test_same_key_returns_first_number_and_trades_once(trio, catalog):
+    trio.elect(3)
+    first = trio.order(3, key="k-1", quantity=3)
+    again = trio.order(3, key="k-1", quantity=3)
+    assert first == again
+    assert len(catalog.trades) == 1 and catalog.quantity["GameStart"] == 97
+    with pytest.raises(BazaarError) as err:
+        trio.order(3, key="k-1", quantity=4)
+    assert err.value.code == "ALREADY_EXISTS"
+
+
+def test_follower_refuses_orders_with_not_leader(trio):
+    trio.elect(3)
+    with pytest.raises(BazaarError) as err:
+        trio.order(1)
+    assert err.value.code == "UNAVAILABLE"
+    assert err.value.details == {"not_leader": True, "leader": 3, "epoch": 1}
+
+
+def test_stale_epoch_is_aborted(trio):
+    trio.elect(3)
+    trio.elect(3)
+    with pytest.raises(BazaarError) as err:
+        trio.clients[2].call("set_leader", leader=2, epoch=1)
+    assert err.value.code == "ABORTED" and err.value.details == {"epoch": 2}
+    with pytest.raises(BazaarError) as err:
+        trio.clients[2].call("set_leader", leader=1, epoch=2)
+    assert err.value.code == "ABORTED"
+    with pytest.raises(BazaarError) as err:
+        trio.clients[2].call("replicate", epoch=1, leader=3, records=[])
+    assert err.value.code == "ABORTED"
+
+
+def test_restarted_follower_catches_up(trio):
+    trio.elect(3)
+    for _ in range(5):
+        trio.order(3)
+    trio.stop(1)
+    for _ in range(30):
+        trio.order(3)
+    trio.start(1)
+    assert trio.clients[1].call("status")["last_number"] == 34  # caught up before serving
+    trio.order(3)
+    trio.wait_identical()
+
+
+def test_failover_keeps_every_acknowledged_order(trio, catalog):
+    trio.elect(3)
+    acked = {trio.order(3, key=f"a{i}"): f"a{i}" for i in range(10)}
+    trio.stop(3)
+    trio.elect(2)
+    acked.update({trio.order(2, key=f"b{i}"): f"b{i}" for i in range(10)})
+    assert sorted(acked) == list(range(20))
+    assert trio.order(2, key="a4") == 4  # a retry after failover: same number
+    trio.start(3)
+    trio.order(2)
+    trio.wait_identical()
+
+
+def test_orphaned_catalog_trade_is_committed_by_the_next_leader(trio, catalog):
+    trio.elect(3)
+    trio.order(3)
+    catalog.trade("orphan", "FishCo", "sell", 7, epoch=1)  # a leader traded, then died
+    trio.stop(3)
+    trio.elect(2)
+    trio.order(2)
+    records = [trio.clients[2].call("get_order", number=n) for n in range(3)]
+    assert {"number": 1, "name": "FishCo", "type": "sell", "quantity": 7} in records
+    assert trio.order(2, key="orphan", name="FishCo", type="sell", quantity=7) == 1
+
+
+def test_deposed_leader_cannot_commit(trio, catalog):
+    trio.elect(3)
+    trio.order(3)
+    # Elect 2 behind 3's back (3 does not hear of it): 3 is now a stale leader.
+    trio.epoch += 1
+    for rid in (1, 2):
+        trio.clients[rid].call("set_leader", leader=2, epoch=trio.epoch)
+    trio.order(2)
+    with pytest.raises(BazaarError) as err:
+        trio.order(3)
+    assert err.value.code == "UNAVAILABLE" and err.value.details["not_leader"]
+    assert trio.clients[3].call("status")["role"] == "follower"
+    trio.order(2)
+    trio.wait_identical()
+
+
+def test_torn_tail_is_cut_on_restart(trio):
+    trio.elect(3)
+    for _ in range(3):
+        trio.order(3)
+    trio.wait_identical()
+    trio.stop(1)
+    path = trio.root / "order1" / "orders-1.csv"
+    with path.open("ab") as fh:
+        fh.write(b"3,GameStart,bu")
+    trio.start(1)
+    trio.order(3)
+    trio.wait_identical()
