@@ -34,6 +34,7 @@ fmt: venv
 
 bench: venv
 	$(BIN)/python bench/rpc.py
+	$(BIN)/python bench/http.py
 
 chaos: venv  ## long fault-injection runs
 	$(BIN)/pytest -q -m chaos tests/system

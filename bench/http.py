@@ -1,0 +1,495 @@
+"""HTTP benchmark: the real front end beside minimal Flask baselines, side by side.
+
+One closed-loop load for every row: N sessions, each a keep-alive connection
+that sends its next request as soon as the last one is answered. The load
+generator runs in separate processes (`client` below), so it never shares a
+GIL with the server it measures; every server runs in its own process too.
+
+Rows:
+- baseline: a minimal Flask app answering a constant JSON body, under waitress
+  (the usual production floor) and under Flask's development server;
+- the real front end on a real cluster (catalog + three order replicas as
+  processes): cached lookup (cache on), uncached lookup (cache 0) and order,
+  under waitress, gunicorn gthread and granian (WSGI), and as `bazaar frontend`
+  ships it (bazaar/frontend/server.py).
+
+    .venv/bin/python bench/http.py [--seconds 3] [--sessions 16] [--servers ...]
+    .venv/bin/python bench/http.py --sweep-plots docs/img   # + cache on/off sweep PNGs
+
+Goals (issue 4): cached lookups >= 1.5x the Flask+waitress floor's throughput
+and >= 3x the development server's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
+    del sys.path[0]  # this file is named http.py: never shadow the stdlib package
+sys.path.insert(0, os.path.dirname(_HERE))  # the repo root, for tests.system.cluster
+
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SERVERS = ("waitress", "gunicorn", "granian")
+STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
+THREADS = 8  # worker threads of every server under test
+CONSTANT = {"data": {"name": "GameStart", "price": 15.99, "quantity": 100, "volume": 0}}
+REPO = Path(_HERE).parent
+
+
+# ---------------------------------------------------------------------------
+# Apps
+# ---------------------------------------------------------------------------
+def baseline_app():
+    """A minimal Flask app: the same route shape as a lookup, a constant body."""
+    from flask import Flask
+
+    app = Flask("baseline")
+
+    @app.get("/stocks/<name>")
+    def stock(name):
+        return CONSTANT
+
+    @app.get("/health")
+    def health():
+        return {"data": {"status": "ok"}}
+
+    return app
+
+
+def frontend_app():
+    """The real front end's WSGI app, configured from BAZAAR_* like `bazaar frontend`."""
+    from bazaar import config
+    from bazaar.frontend import server
+
+    return server.build_app(config.from_env())
+
+
+APPS = {"baseline": baseline_app, "frontend": frontend_app}
+
+
+# ---------------------------------------------------------------------------
+# Servers (each runs in a `serve` subprocess until SIGTERM)
+# ---------------------------------------------------------------------------
+def serve_waitress(make_app, port: int) -> None:
+    from waitress import serve
+
+    serve(make_app(), host="127.0.0.1", port=port, threads=THREADS, _quiet=True)
+
+
+def serve_dev(make_app, port: int) -> None:
+    make_app().run(host="127.0.0.1", port=port, threaded=True)
+
+
+def serve_gunicorn(make_app, port: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class App(BaseApplication):
+        def load_config(self):
+            options = {
+                "bind": f"127.0.0.1:{port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": THREADS,
+                "keepalive": 30,
+                "loglevel": "warning",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return make_app()  # in the worker, after the fork
+
+    App().run()
+
+
+def serve_granian(make_app, port: int) -> None:
+    from granian.constants import Interfaces
+    from granian.server import MPServer  # MTServer needs a free-threaded build
+
+    server = MPServer(
+        "bench:app",
+        address="127.0.0.1",
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=1,
+        blocking_threads=THREADS,
+        log_enabled=False,
+    )
+    # The loader runs in the worker process, after the fork.
+    server.serve(target_loader=lambda *args, **kwargs: make_app(), wrap_loader=False)
+
+
+SERVE = {
+    "waitress": serve_waitress,
+    "dev": serve_dev,
+    "gunicorn": serve_gunicorn,
+    "granian": serve_granian,
+}
+
+
+# ---------------------------------------------------------------------------
+# The load generator (`client` subprocess): closed loop, keep-alive
+# ---------------------------------------------------------------------------
+def request_for(kind: str, i: int) -> tuple[str, str, bytes | None]:
+    name = STOCKS[i % len(STOCKS)]
+    if kind == "order":  # sell then buy: the market stays where it was
+        body = {"name": name, "type": "sell" if i % 2 == 0 else "buy", "quantity": 1}
+        return "POST", "/orders", json.dumps(body).encode()
+    return "GET", f"/stocks/{name}", None
+
+
+def client_thread(port, kind, seed, t_start, t_end, out: list, errors: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    i = seed
+    lat, bad = [], 0
+    while True:
+        method, path, body = request_for(kind, i)
+        i += 1
+        t0 = time.perf_counter()
+        if t0 >= t_end:
+            break
+        try:
+            conn.request(method, path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            ok = resp.status == 200
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            ok = False
+        t1 = time.perf_counter()
+        if t0 >= t_start:
+            lat.append(t1 - t0)
+            bad += not ok
+    conn.close()
+    out.extend(lat)
+    errors.append(bad)
+
+
+def client_main(args) -> None:
+    """Run `sessions` threads of closed-loop load; print latencies as JSON on stdout."""
+    t_start = time.perf_counter() + args.warmup
+    t_end = t_start + args.seconds
+    lat: list[float] = []
+    errors: list[int] = []
+    threads = [
+        threading.Thread(
+            target=client_thread,
+            args=(args.port, args.kind, args.offset + k, t_start, t_end, lat, errors),
+        )
+        for k in range(args.sessions)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    json.dump({"lat": lat, "errors": sum(errors), "seconds": args.seconds}, sys.stdout)
+
+
+@dataclass
+class Result:
+    label: str
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rss_mb: float
+
+
+def run_clients(port: int, kind: str, sessions: int, seconds: float, procs: int) -> dict:
+    """Closed-loop load from `procs` client processes; returns merged latencies."""
+    import numpy as np
+
+    per = [sessions // procs + (k < sessions % procs) for k in range(procs)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "client", "--port", str(port), "--kind", kind]
+            + ["--sessions", str(n), "--seconds", str(seconds), "--offset", str(k * 1000)],
+            stdout=subprocess.PIPE,
+        )
+        for k, n in enumerate(per)
+        if n
+    ]
+    lat, errors = [], 0
+    for child in children:
+        out, _ = child.communicate(timeout=seconds + 60)
+        data = json.loads(out)
+        lat.extend(data["lat"])
+        errors += data["errors"]
+    return {"lat": np.asarray(lat), "errors": errors, "seconds": seconds}
+
+
+# ---------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float = 30.0) -> None:
+    """Until GET path answers 200 (for the front end: /health says the leader is elected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (gunicorn's worker, granian's)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        pids.extend(int(c) for c in children)
+    return total / 1024
+
+
+def stop(proc: subprocess.Popen) -> float:
+    """SIGTERM; returns how long the server took to exit (seconds)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return float("inf")
+    return time.monotonic() - t0
+
+
+def start_server(server: str, app: str, port: int, env=None, log=None) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "serve", "--server", server, "--app", app]
+    if server == "bazaar":
+        cmd = [sys.executable, "-m", "bazaar.cli", "frontend"]
+    return subprocess.Popen(
+        cmd + ([] if server == "bazaar" else ["--port", str(port)]),
+        env=env,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def measure(label, server, port, proc, kind, args) -> Result:
+    import numpy as np  # not at the top: the servers run this file too
+
+    data = run_clients(port, kind, args.sessions, args.seconds, args.client_procs)
+    lat = data["lat"] * 1000
+    rps = len(lat) / data["seconds"]
+    p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"),) * 2
+    result = Result(label, server, rps, float(p50), float(p99), data["errors"], rss_mb(proc.pid))
+    print(f"  {label:<22} {server:<9} {rps:9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    return result
+
+
+def bench_baselines(args) -> list[Result]:
+    results = []
+    for server in args.baseline_servers:
+        port = free_port()
+        proc = start_server(server, "baseline", port)
+        try:
+            wait_ready(port, proc, "/health")
+            results.append(measure("baseline constant JSON", server, port, proc, "lookup", args))
+        finally:
+            stop(proc)
+    return results
+
+
+def bench_frontend(args, tmp: Path) -> tuple[list[Result], dict[str, float]]:
+    """The real front end under each server, on one cluster (restarted front ends)."""
+    from tests.system.cluster import Cluster
+
+    cluster = Cluster(tmp / "cluster")
+    results, stop_times = [], {}
+    try:
+        for name in ("catalog", "order1", "order2", "order3"):
+            cluster.start(name)
+        for server in [*args.servers, "bazaar"]:
+            for cache, kinds in ((100, ("lookup", "order")), (0, ("lookup",))):
+                env = cluster.env("frontend")
+                env["BAZAAR_CACHE_SIZE"] = str(cache)
+                with open(tmp / f"frontend-{server}-{cache}.log", "ab") as log:
+                    proc = start_server(server, "frontend", cluster.http_port, env, log)
+                try:
+                    wait_ready(cluster.http_port, proc, "/health")
+                    for kind in kinds:
+                        label = "order" if kind == "order" else f"lookup cache {cache or 'off'}"
+                        port = cluster.http_port
+                        results.append(measure(label, server, port, proc, kind, args))
+                finally:
+                    stop_times[server] = max(stop_times.get(server, 0.0), stop(proc))
+    finally:
+        cluster.stop_all()
+    return results, stop_times
+
+
+def cluster_rss(tmp: Path) -> float:
+    """Total RSS of the five services as `bazaar` runs them, idle after a little load."""
+    from tests.system.cluster import Cluster
+
+    cluster = Cluster(tmp / "rss")
+    try:
+        cluster.start_all()
+        run_clients(cluster.http_port, "order", 4, 1.0, 1)
+        return sum(rss_mb(p.pid) for p in cluster.procs.values())
+    finally:
+        cluster.stop_all()
+
+
+def sweep_plots(out_dir: Path, tmp: Path) -> None:
+    """`bazaar load --sweep` against a cluster with the cache on, then off."""
+    from tests.system.cluster import Cluster
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for cache, name in ((100, "on"), (0, "off")):
+        with Cluster(tmp / f"sweep-{name}", cache_size=cache) as cluster:
+            cluster.start_all()
+            cmd = [sys.executable, "-m", "bazaar.cli", "load", "--url", cluster.url]
+            cmd += ["--sessions", "8", "--requests", "200", "--seed", "1"]
+            cmd += [
+                "--sweep",
+                "0,0.2,0.4,0.6,0.8",
+                "--plot",
+                str(out_dir / f"sweep-cache-{name}.png"),
+            ]
+            print(f"$ {' '.join(cmd[1:])}   # cache {name}", flush=True)
+            subprocess.run(cmd, check=True)
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        f"| {'workload':<22} | {'server':<9} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} "
+        f"| {'errors':>6} | {'RSS MB':>6} |",
+        f"|{'-' * 24}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 8}|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.label:<22} | {r.server:<9} | {r.rps:>7.0f} | {r.p50_ms:>7.2f} | "
+            f"{r.p99_ms:>7.2f} | {r.errors:>6} | {r.rss_mb:>6.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(results: list[Result]) -> str:
+    def rps(label, server):
+        found = [r.rps for r in results if r.label == label and r.server == server]
+        return found[0] if found else float("nan")
+
+    floor = rps("baseline constant JSON", "waitress")
+    dev = rps("baseline constant JSON", "dev")
+    cached = {r.server: r.rps for r in results if r.label == "lookup cache 100"}
+    if not cached:
+        return "no front-end rows: goals not checked"
+    best = max(cached, key=cached.get)
+    lines = [f"best cached lookup: {best} {cached[best]:.0f} req/s"]
+    for name, base, goal in (("Flask+waitress floor", floor, 1.5), ("Flask dev server", dev, 3.0)):
+        for server, value in cached.items():
+            ratio = value / base
+            verdict = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.0%}"
+            lines.append(f"  {server:<9} / {name}: {ratio:.2f}x (goal {goal}x) {verdict}")
+    return "\n".join(lines)
+
+
+def run_main(args) -> None:
+    t0 = time.monotonic()
+    print(
+        f"closed loop: {args.sessions} keep-alive sessions in {args.client_procs} client "
+        f"process(es), {args.seconds}s per row after a 0.5s warm-up; servers {THREADS} threads",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
+        tmp = Path(tmpdir)
+        results = bench_baselines(args)
+        stop_times: dict[str, float] = {}
+        if not args.baselines_only:
+            front, stop_times = bench_frontend(args, tmp)
+            results += front
+        print()
+        print(table(results))
+        print()
+        print(goals(results))
+        for server, seconds in stop_times.items():
+            print(f"SIGTERM to exit, front end under {server}: {seconds * 1000:.0f} ms (worst)")
+        if not args.baselines_only:
+            print(f"five services' RSS after load: {cluster_rss(tmp):.0f} MB (budget 150 MB)")
+        if args.sweep_plots:
+            sweep_plots(Path(args.sweep_plots), tmp)
+    print(f"bench took {time.monotonic() - t0:.0f}s")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd")
+    serve = sub.add_parser("serve", help="(internal) run one server")
+    serve.add_argument("--server", choices=sorted(SERVE), required=True)
+    serve.add_argument("--app", choices=sorted(APPS), required=True)
+    serve.add_argument("--port", type=int, required=True)
+    client = sub.add_parser("client", help="(internal) one load-generator process")
+    client.add_argument("--port", type=int, required=True)
+    client.add_argument("--kind", choices=("lookup", "order"), required=True)
+    client.add_argument("--sessions", type=int, required=True)
+    client.add_argument("--seconds", type=float, required=True)
+    client.add_argument("--warmup", type=float, default=0.5)
+    client.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--sessions", type=int, default=16, help="closed-loop sessions")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
+    parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="front-end servers to compare")
+    parser.add_argument("--baselines-only", action="store_true")
+    parser.add_argument(
+        "--baseline-servers", default="waitress,dev", help="servers for the constant-JSON app"
+    )
+    parser.add_argument("--sweep-plots", metavar="DIR", help="also write sweep-cache-on/off.png")
+    args = parser.parse_args(argv)
+    for name in ("servers", "baseline_servers"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, [s for s in getattr(args, name).split(",") if s])
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.cmd == "serve":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        SERVE[args.server](APPS[args.app], args.port)
+    elif args.cmd == "client":
+        client_main(args)
+    else:
+        run_main(args)
+
+
+if __name__ == "__main__":
+    main()
