@@ -358,7 +358,8 @@ class Replica:
             return []
         actions: list = []
         for peer, f in self.followers.items():
-            if f.inflight and now - f.inflight[0][1] > self.follower_timeout:
+            limit = self.follower_timeout if f.alive else self.probe_interval
+            if f.inflight and now - f.inflight[0][1] > limit:
                 f.alive = f.up = False
                 f.inflight = []
                 f.next = f.match + 1

@@ -1,0 +1,131 @@
+"""A fake network, disks and clock for the pure replication machine (500-lines style).
+
+`Sim` owns several `Replica` machines and performs their actions the way the
+service does, but in memory: `Persist`/`Truncate` go to a per-replica disk
+queue (flushed by `flush`), `Send` puts a message on the wire (which may drop,
+duplicate or reorder it), `Acknowledge`/`Abort` are recorded. `tick(dt)`
+moves the clock. Every step is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import random
+
+from bazaar.errors import BazaarError
+from bazaar.order import replication as rep
+from bazaar.order.log import Record
+
+
+class Sim:
+    def __init__(self, ids=(1, 2, 3), seed=0, drop=0.0, dup=0.0, reorder=0.0, **machine_kw):
+        self.rng = random.Random(seed)
+        self.drop, self.dup, self.reorder = drop, dup, reorder
+        self.now = 0.0
+        self.ids = list(ids)
+        self.machines = {i: rep.Replica(i, self.ids, [], **machine_kw) for i in ids}
+        self.disk: dict[int, list[Record]] = {i: [] for i in ids}
+        self.pending: dict[int, list] = {i: [] for i in ids}
+        self.wire: list[tuple] = []  # (src, dst, kind, payload)
+        self.sent: list[tuple] = []
+        self.acked: dict[int, int] = {i: -1 for i in ids}  # leader id -> acknowledged upto
+        self.aborted: list[tuple[int, int]] = []
+        self.down: set[int] = set()
+        self.saved: dict[int, tuple] = {}
+
+    # ---- performing actions ----------------------------------------------------
+    def perform(self, rid: int, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, rep.Persist | rep.Truncate):
+                self.pending[rid].append(a)
+            elif isinstance(a, rep.Send):
+                self.sent.append((rid, a.to, a.message))
+                self.put((rid, a.to, "replicate", a.message))
+            elif isinstance(a, rep.Acknowledge):
+                self.acked[rid] = max(self.acked[rid], a.upto)
+            elif isinstance(a, rep.Abort):
+                self.aborted.append((rid, a.from_number))
+            elif isinstance(a, rep.SaveState):
+                self.saved[rid] = (a.epoch, a.leader)
+
+    def put(self, message: tuple) -> None:
+        if self.rng.random() < self.drop:
+            return
+        copies = 2 if self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            if self.wire and self.rng.random() < self.reorder:
+                self.wire.insert(self.rng.randrange(len(self.wire)), message)
+            else:
+                self.wire.append(message)
+
+    def flush(self, rid: int) -> None:
+        """The disk of `rid` finishes every queued write (one group commit)."""
+        if rid in self.down:
+            return
+        disk = self.disk[rid]
+        for op in self.pending[rid]:
+            if isinstance(op, rep.Truncate):
+                del disk[op.from_number :]
+            else:
+                assert op.records[0].number == len(disk), (rid, op, len(disk))
+                disk.extend(op.records)
+        self.pending[rid] = []
+        self.perform(rid, self.machines[rid].on_durable(len(disk) - 1, self.now))
+
+    # ---- the network -------------------------------------------------------------
+    def deliver_one(self) -> bool:
+        if not self.wire:
+            return False
+        src, dst, kind, payload = self.wire.pop(0)
+        if dst in self.down or src in self.down:
+            return True
+        machine = self.machines[dst]
+        if kind == "replicate":
+            try:
+                actions, reply = machine.on_replicate(payload)
+            except BazaarError as err:
+                self.put((dst, src, "reply", err))
+                return True
+            self.perform(dst, actions)
+            self.flush(dst)  # the reply leaves only once the records are durable
+            self.put((dst, src, "reply", reply))
+        else:
+            self.perform(dst, machine.on_reply(src, payload, self.now))
+        return True
+
+    def run(self, steps: int = 10_000) -> None:
+        """Deliver messages and flush disks until the network is quiet."""
+        for _ in range(steps):
+            for rid in self.ids:
+                self.flush(rid)
+            if not self.deliver_one():
+                return
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for rid, m in self.machines.items():
+            if rid not in self.down:
+                self.perform(rid, m.tick(self.now))
+
+    # ---- scenario helpers ----------------------------------------------------------
+    def elect(self, leader: int, epoch: int) -> None:
+        for rid, m in self.machines.items():
+            if rid not in self.down:
+                self.perform(rid, m.on_set_leader(leader, epoch))
+        self.perform(leader, self.machines[leader].start_leading(self.now))
+
+    def propose(self, leader: int, key: str, quantity: int = 1) -> Record:
+        record, actions = self.machines[leader].propose(
+            "GameStart", "buy", quantity, key, None, self.now
+        )
+        self.perform(leader, actions)
+        return record
+
+    def crash(self, rid: int) -> None:
+        """Lose everything not flushed; the machine is rebuilt from disk on `restart`."""
+        self.down.add(rid)
+        self.pending[rid] = []
+
+    def restart(self, rid: int, **machine_kw) -> None:
+        self.down.discard(rid)
+        epoch, leader = self.saved.get(rid, (0, None))
+        self.machines[rid] = rep.Replica(rid, self.ids, self.disk[rid], epoch, leader, **machine_kw)
