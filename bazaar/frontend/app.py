@@ -1,0 +1,291 @@
+"""The Flask application: routes of SPEC section 1, request validation, JSON errors.
+
+`create_app(config, catalog=..., orders=..., cache=...)` is the factory. Tests
+hand it fakes (anything with the same methods); production passes nothing and
+gets real RPC clients, an `OrderRouter` and a `LookupCache` fed by the catalog's
+PUB socket, whose threads `close_app(app)` stops.
+
+Rules of this module:
+- Every response body is JSON: `{"data": ...}` or `{"error": {"code", "message"}}`,
+  including 404/405/413 and unexpected exceptions; never HTML, never a traceback.
+- RPC errors become HTTP statuses through `BazaarError.http_status` only.
+- Input is validated here, strictly, before any RPC: exact field set, real
+  ints (bools are not), bounded sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from bazaar.config import Config
+from bazaar.errors import BazaarError, invalid, not_found
+from bazaar.frontend.cache import InvalidationFeed, LookupCache
+from bazaar.frontend.leader import OrderRouter
+from bazaar.rpc import Client
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_NAME_LEN = 128
+MAX_QUANTITY = 1_000_000_000
+MAX_KEY_LEN = 200
+LOOKUP_TIMEOUT = 3.0
+HEALTH_TIMEOUT = 1.0
+ORDER_FIELDS = frozenset({"name", "quantity", "type"})
+ORDER_TYPES = ("buy", "sell")
+
+_FORM_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_ORDER_NUMBER = re.compile(r"-?[0-9]{1,30}")
+_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LEN}}}")
+_JSON = "application/json"
+
+
+def _body(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(data, status=status, mimetype=_JSON, headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _body({"error": {"code": status, "message": message}}, status, headers)
+
+
+# ---- validation ---------------------------------------------------------
+def parse_order_body(content_type: str, raw: bytes) -> dict[str, Any]:
+    """The order fields from a JSON or form body, validated; raises INVALID_ARGUMENT."""
+    mimetype = content_type.split(";", 1)[0].strip().lower()
+    if mimetype == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
+        fields = _parse_form(raw)
+    else:  # JSON is canonical; a form-typed JSON body is what `curl -d '{...}'` sends
+        fields = _parse_json(raw)
+    return validate_order(fields)
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise invalid("request body must be a JSON object with name, quantity and type")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise invalid(f"malformed JSON: {str(exc)[:200]}") from None
+
+
+def _parse_form(raw: bytes) -> dict[str, Any]:
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            max_num_fields=len(ORDER_FIELDS) + 1,
+            errors="strict",
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"malformed form body: {str(exc)[:200]}") from None
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in fields:
+            raise invalid(f"field {key[:50]!r} given twice")
+        fields[key] = value
+    quantity = fields.get("quantity")
+    if isinstance(quantity, str):
+        if not _FORM_INT.fullmatch(quantity):
+            raise invalid("quantity must be a base-10 integer")
+        fields["quantity"] = int(quantity, 10)
+    return fields
+
+
+def validate_order(fields: Any) -> dict[str, Any]:
+    if not isinstance(fields, dict):
+        raise invalid("request body must be a JSON object")
+    extra = set(fields) - ORDER_FIELDS
+    if extra:
+        names = ", ".join(sorted(repr(str(k)[:50]) for k in extra)[:5])
+        raise invalid(f"unknown field(s): {names}")
+    missing = ORDER_FIELDS - set(fields)
+    if missing:
+        raise invalid(f"missing field(s): {', '.join(sorted(missing))}")
+    name, quantity, kind = fields["name"], fields["quantity"], fields["type"]
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
+        raise invalid(f"name must be a non-empty string of at most {MAX_NAME_LEN} characters")
+    if not isinstance(quantity, int) or isinstance(quantity, bool):
+        raise invalid("quantity must be an integer")
+    if quantity <= 0:
+        raise invalid("quantity must be > 0")
+    if quantity > MAX_QUANTITY:
+        raise invalid(f"quantity must be at most {MAX_QUANTITY}")
+    if kind not in ORDER_TYPES:
+        raise invalid('type must be "buy" or "sell"')
+    return {"name": name, "quantity": quantity, "type": kind}
+
+
+def order_key(header: str | None) -> str:
+    """The client's Idempotency-Key, checked; or a fresh one of our own."""
+    if header is None:
+        return uuid.uuid4().hex
+    if not _KEY.fullmatch(header):
+        raise invalid(f"Idempotency-Key must be 1-{MAX_KEY_LEN} printable ASCII characters")
+    return header
+
+
+def parse_order_number(text: str) -> int:
+    if not _ORDER_NUMBER.fullmatch(text):
+        raise invalid("order number must be an integer")
+    number = int(text, 10)
+    if number < 0:
+        raise invalid("order number must be >= 0")
+    if number >= 2**63:
+        raise not_found(f"no order {text[:40]}")
+    return number
+
+
+# ---- the app ------------------------------------------------------------
+def create_app(
+    config: Config | None = None,
+    *,
+    catalog: Any = None,
+    orders: Any = None,
+    cache: LookupCache | None = None,
+) -> Flask:
+    """Build the front end. Missing collaborators are made from `config` and started."""
+    config = config or Config()
+    app = Flask("bazaar.frontend")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    owned: list[Any] = []
+    if catalog is None:
+        catalog = Client(config.catalog, timeout=LOOKUP_TIMEOUT)
+        owned.append(catalog)
+    if cache is None:
+        cache = LookupCache(config.cache_size)
+        if cache.capacity:
+            owned.append(InvalidationFeed(config.catalog_pub, cache).start())
+    if orders is None:
+        orders = OrderRouter(config.order_replicas).start()
+        owned.append(orders)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
+    app.extensions["bazaar"] = {
+        "catalog": catalog,
+        "orders": orders,
+        "cache": cache,
+        "owned": owned,
+        "pool": pool,
+    }
+    _register_errors(app)
+    _register_routes(app, catalog, orders, cache, pool)
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop the threads and sockets `create_app` started."""
+    ext = app.extensions["bazaar"]
+    for thing in ext["owned"]:
+        (getattr(thing, "stop", None) or thing.close)()
+    ext["pool"].shutdown(wait=False, cancel_futures=True)
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(BazaarError)
+    def bazaar_error(err: BazaarError):
+        return error_response(err.http_status, err.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        status = exc.code or 500
+        path = request.path[:200]
+        headers = None
+        if status == 404:
+            message = f"no such route: {path}"
+        elif status == 405:
+            message = f"method {request.method[:20]} is not allowed on {path}"
+            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+                headers = {"Allow": ", ".join(exc.valid_methods)}
+        elif status == 413:
+            message = f"request body larger than {MAX_BODY_BYTES} bytes"
+        else:
+            message = exc.description or exc.name
+        return error_response(status, message, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path[:200])
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+def _register_routes(app: Flask, catalog, orders, cache: LookupCache, pool) -> None:
+    @app.get("/stocks/<name>")
+    def lookup(name: str):
+        body = cache.get(name)
+        if body is None:
+            token = cache.begin(name)
+            data = catalog.call("lookup", name=name, timeout=LOOKUP_TIMEOUT, idempotent=True)
+            body = json.dumps({"data": data}, separators=(",", ":")).encode()
+            cache.fill(name, body, token)
+        return Response(body, mimetype=_JSON)
+
+    @app.post("/orders")
+    def place_order():
+        key = order_key(request.headers.get("Idempotency-Key"))
+        fields = parse_order_body(request.content_type or "", request.get_data(cache=False))
+        try:
+            result = orders.order(key, fields["name"], fields["type"], fields["quantity"])
+        finally:
+            # Our own invalidation closes the window before the catalog's arrives.
+            cache.invalidate(fields["name"])
+        return _body({"data": {"transaction_number": result["transaction_number"]}})
+
+    @app.get("/orders/<number>")
+    def get_order(number: str):
+        record = orders.get_order(parse_order_number(number))
+        data = {k: record.get(k) for k in ("number", "name", "type", "quantity")}
+        return _body({"data": data})
+
+    @app.get("/health")
+    def health():
+        data, status = health_report(catalog, orders, cache, pool)
+        return _body({"data": data}, status)
+
+
+def health_report(catalog, orders, cache: LookupCache, pool) -> tuple[dict[str, Any], int]:
+    """SPEC section 1 /health body and its HTTP status (503 when orders cannot be taken)."""
+
+    def catalog_up() -> bool:
+        try:
+            catalog.call("ping", timeout=HEALTH_TIMEOUT, idempotent=True)
+            return True
+        except BazaarError:
+            return False
+
+    catalog_future = pool.submit(catalog_up)
+    statuses = orders.statuses(HEALTH_TIMEOUT)
+    cat_up = catalog_future.result()
+    leader, epoch = orders.leader, orders.epoch
+    replicas = {
+        str(rid): {
+            "up": st is not None,
+            "last_number": st.get("last_number") if st else None,
+            "role": st.get("role") if st else None,
+        }
+        for rid, st in sorted(statuses.items())
+    }
+    leader_up = leader is not None and statuses.get(leader) is not None
+    if not (cat_up and leader_up):
+        state = "unavailable"
+    elif all(st is not None for st in statuses.values()):
+        state = "ok"
+    else:
+        state = "degraded"
+    stats = cache.stats()
+    data = {
+        "status": state,
+        "catalog": {"up": cat_up},
+        "order": {"leader": leader, "epoch": epoch, "replicas": replicas},
+        "cache": stats,
+    }
+    return data, 503 if state == "unavailable" else 200

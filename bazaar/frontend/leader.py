@@ -1,0 +1,308 @@
+"""Order routing: which replica leads, elections, and invisible retries.
+
+The front end is the single election authority (SPEC section 3, as in the seed).
+`OrderRouter` owns:
+
+- the current `(leader, epoch)`, replaced as one tuple so readers never see a
+  leader with another leader's epoch;
+- elections, one at a time (`_election_lock`): ask every replica's `status`
+  in parallel, choose the highest live id, and send it `set_leader` with an
+  epoch above every epoch seen (ours included), then tell the others. When the
+  replicas already agree on a live leader that is the highest live id, adopt
+  it without a new epoch, so a restarted front end or a slow-but-alive leader
+  costs no recovery;
+- `order` / `get_order` with failover: a local failure (timeout, unreachable),
+  a `not_leader` answer or ABORTED (fenced) leads to an election and a retry
+  with the same order key, so the client never sees it and nothing trades
+  twice; a remote UNAVAILABLE without `not_leader` (the catalog is down, the
+  leader is recovering) is retried on the same leader with backoff. All of it
+  within one overall deadline, then the last error (503/504) goes out;
+- a monitor thread that elects when no leader is known, notices a leader that
+  stopped answering, and tells replicas that missed a `set_leader` (restarted,
+  were down during the election) who leads.
+
+It never decides HTTP statuses: it raises `BazaarError` and the app maps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bazaar.errors import BazaarError
+from bazaar.rpc import Client
+
+log = logging.getLogger(__name__)
+
+
+class OrderRouter:
+    def __init__(
+        self,
+        replicas: dict[int, str],
+        *,
+        deadline: float = 10.0,
+        call_timeout: float = 2.0,
+        status_timeout: float = 1.0,
+        set_leader_timeout: float = 5.0,
+        monitor_interval: float = 1.0,
+    ):
+        self.deadline = deadline
+        self.call_timeout = call_timeout
+        self.status_timeout = status_timeout
+        self.set_leader_timeout = set_leader_timeout
+        self.monitor_interval = monitor_interval
+        self.clients = {
+            rid: Client(ep, timeout=call_timeout) for rid, ep in sorted(replicas.items())
+        }
+        self._current: tuple[int | None, int] = (None, 0)
+        self._election_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.clients)))
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._leader_misses = 0
+        self.elections = 0
+
+    # ---- state ----------------------------------------------------------
+    @property
+    def leader(self) -> int | None:
+        return self._current[0]
+
+    @property
+    def epoch(self) -> int:
+        return self._current[1]
+
+    # ---- lifecycle ------------------------------------------------------
+    def start(self) -> OrderRouter:
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, name="leader-monitor", daemon=True
+        )
+        self._monitor.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for client in self.clients.values():
+            client.close()
+
+    # ---- client-facing calls -------------------------------------------
+    def order(self, key: str, name: str, type: str, quantity: int) -> dict[str, Any]:
+        args = {"key": key, "name": name, "type": type, "quantity": quantity}
+        return self._call_leader("order", args)
+
+    def get_order(self, number: int) -> dict[str, Any]:
+        return self._call_leader("get_order", {"number": number}, idempotent=True)
+
+    def _call_leader(self, method: str, args: dict[str, Any], idempotent: bool = False) -> Any:
+        deadline = time.monotonic() + self.deadline
+        backoff = 0.05
+        last: BazaarError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.01:
+                raise _give_up(last, method)
+            current = self._current
+            leader, _ = current
+            if leader is None:
+                try:
+                    self.elect(current)
+                except BazaarError as err:
+                    last = err
+                    backoff = _sleep(backoff, deadline)
+                continue
+            try:
+                return self.clients[leader].call_args(
+                    method,
+                    args,
+                    timeout=min(self.call_timeout, remaining),
+                    idempotent=idempotent,
+                )
+            except BazaarError as err:
+                last = err
+                if not err.remote or err.code == "ABORTED" or err.details.get("not_leader"):
+                    log.info("%s on replica %s failed (%s): electing", method, leader, err)
+                    try:
+                        if self.elect(current) == current:
+                            # Same leader kept (alive, e.g. recovering): give it a moment.
+                            backoff = _sleep(backoff, deadline)
+                    except BazaarError as elect_err:
+                        last = elect_err
+                        backoff = _sleep(backoff, deadline)
+                elif err.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"):
+                    backoff = _sleep(backoff, deadline)  # e.g. catalog down: same leader
+                else:
+                    raise
+
+    # ---- election -------------------------------------------------------
+    def statuses(self, timeout: float | None = None) -> dict[int, dict[str, Any] | None]:
+        """Every replica's `status` in parallel; None for those that did not answer."""
+        timeout = self.status_timeout if timeout is None else timeout
+
+        def one(rid: int) -> dict[str, Any] | None:
+            try:
+                result = self.clients[rid].call("status", timeout=timeout, idempotent=True)
+            except BazaarError:
+                return None
+            return result if isinstance(result, dict) else None
+
+        futures = {rid: self._pool.submit(one, rid) for rid in self.clients}
+        out: dict[int, dict[str, Any] | None] = {}
+        for rid, fut in futures.items():
+            try:
+                out[rid] = fut.result(timeout + 1.0)
+            except Exception:
+                out[rid] = None
+        return out
+
+    def elect(self, observed: tuple[int | None, int]) -> tuple[int | None, int]:
+        """Elect a leader unless someone already replaced `observed`; return the result.
+
+        Raises UNAVAILABLE when no replica is live.
+        """
+        with self._election_lock:
+            if self._current != observed:
+                return self._current
+            self.elections += 1
+            return self._elect_locked()
+
+    def _elect_locked(self) -> tuple[int, int]:
+        for _round in range(5):
+            statuses = self.statuses()
+            live = {rid: st for rid, st in statuses.items() if st is not None}
+            if not live:
+                self._current = (None, self.epoch)
+                raise BazaarError("UNAVAILABLE", "no order replica is reachable")
+            epochs = [_int(st.get("epoch")) for st in live.values()]
+            top_epoch = max(epochs + [self.epoch])
+            highest = max(live)
+            st = live[highest]
+            if st.get("leader") == highest and _int(st.get("epoch")) == top_epoch and top_epoch > 0:
+                self._current = (highest, top_epoch)
+                log.info("replica %s leads at epoch %s: adopted", highest, top_epoch)
+                self._inform_others(highest, top_epoch, live)
+                return self._current
+            result = self._appoint(sorted(live, reverse=True), top_epoch + 1)
+            if result is not None:
+                leader, epoch = result
+                self._current = (leader, epoch)
+                log.info("elected replica %s at epoch %s", leader, epoch)
+                if self._inform_others(leader, epoch, None):
+                    return self._current
+                # Someone knew a higher epoch: run the election again above it.
+        raise BazaarError("UNAVAILABLE", "leader election did not converge")
+
+    def _appoint(self, candidates: list[int], epoch: int) -> tuple[int, int] | None:
+        """Send set_leader to the first candidate that accepts; None if none does."""
+        for rid in candidates:
+            for _attempt in range(3):
+                try:
+                    self.clients[rid].call(
+                        "set_leader", leader=rid, epoch=epoch, timeout=self.set_leader_timeout
+                    )
+                    return rid, epoch
+                except BazaarError as err:
+                    if err.remote and err.code == "ABORTED":
+                        epoch = max(epoch, _int(err.details.get("epoch"))) + 1
+                        continue
+                    log.warning("set_leader to replica %s failed: %s", rid, err)
+                    epoch += 1  # it may have taken `epoch` late: never reuse it
+                    break
+        return None
+
+    def _inform_others(
+        self, leader: int, epoch: int, statuses: dict[int, dict[str, Any]] | None
+    ) -> bool:
+        """Tell replicas other than `leader` who leads; False if one knows a higher epoch."""
+        targets = [
+            rid
+            for rid in self.clients
+            if rid != leader
+            and (
+                statuses is None
+                or (
+                    rid in statuses
+                    and (statuses[rid].get("leader"), statuses[rid].get("epoch")) != (leader, epoch)
+                )
+            )
+        ]
+
+        def one(rid: int) -> int | None:
+            try:
+                self.clients[rid].call(
+                    "set_leader", leader=leader, epoch=epoch, timeout=self.status_timeout * 2
+                )
+            except BazaarError as err:
+                if err.remote and err.code == "ABORTED":
+                    return _int(err.details.get("epoch"))
+            return None
+
+        higher = [e for e in self._pool.map(one, targets) if e is not None and e >= epoch]
+        if higher:
+            # Raise our epoch above theirs; the caller re-runs the election.
+            self._current = (self.leader, max(higher))
+            return False
+        return True
+
+    # ---- monitor --------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception:
+                log.exception("leader monitor")
+            self._stop.wait(self.monitor_interval)
+
+    def check(self) -> None:
+        """One monitor round: elect if needed, fix replicas that missed set_leader."""
+        current = self._current
+        leader, epoch = current
+        if leader is None:
+            try:
+                self.elect(current)
+            except BazaarError as err:
+                log.debug("no leader yet: %s", err)
+            return
+        statuses = self.statuses()
+        st = statuses.get(leader)
+        if st is None or st.get("leader") != leader or _int(st.get("epoch")) != epoch:
+            self._leader_misses += 1
+            if self._leader_misses >= 2:
+                self._leader_misses = 0
+                log.info("leader %s not answering as leader: electing", leader)
+                try:
+                    self.elect(current)
+                except BazaarError as err:
+                    log.warning("election failed: %s", err)
+            return
+        self._leader_misses = 0
+        if any(s is not None and _int(s.get("epoch")) > epoch for s in statuses.values()):
+            with contextlib.suppress(BazaarError):
+                self.elect(current)
+            return
+        live = {rid: s for rid, s in statuses.items() if s is not None}
+        with self._election_lock:
+            if self._current == current:
+                self._inform_others(leader, epoch, live)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _sleep(backoff: float, deadline: float) -> float:
+    time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
+    return min(backoff * 2, 0.5)
+
+
+def _give_up(last: BazaarError | None, method: str) -> BazaarError:
+    if last is None:
+        return BazaarError("UNAVAILABLE", f"no order replica could serve {method} in time")
+    if last.code in ("DEADLINE_EXCEEDED", "UNAVAILABLE"):
+        return BazaarError(last.code, f"order service: {last.message}")
+    return last
