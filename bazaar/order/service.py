@@ -39,7 +39,7 @@ RECONCILE_EVERY = 1.0
 READY_WAIT = 2.0  # how long an order waits for a recovering leader
 ACK_WAIT = 10.0  # how long an order waits for its commit
 CATALOG_TIMEOUT = 2.0
-PEER_TIMEOUT = 1.0
+PEER_TIMEOUT = 0.5
 CATCH_UP_LIMIT = 4000  # records per catch_up reply (stays under wire.MAX_MESSAGE_BYTES)
 MAX_KEY_LEN = 256
 
@@ -334,8 +334,9 @@ class OrderReplica:
 
         def ask(peer):
             try:
+                # Idempotent either way: accepting the same epoch twice changes nothing.
                 res = self.peer_clients[peer].call_args(
-                    "catch_up", args, timeout=PEER_TIMEOUT, idempotent=epoch is None
+                    "catch_up", args, timeout=PEER_TIMEOUT, idempotent=True
                 )
                 last = res["last_number"]
                 return rep.PeerLog(
@@ -523,7 +524,7 @@ class OrderReplica:
                 if m.role == rep.LEADER and self._serving:
                     return m.epoch
                 if m.role == rep.FOLLOWER or self._stop.is_set():
-                    raise rep.not_leader(m.leader, m.epoch)
+                    raise rep.not_leader(self._known_leader(), m.epoch)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise unavailable(
@@ -669,6 +670,16 @@ class OrderReplica:
             "more": bool(records) and records[-1].number < durable,
         }
 
+    def _known_leader(self) -> int | None:
+        """The leader of our epoch, or None when that is us but we do not lead.
+
+        After a restart or a step-down we never lead again in the same epoch
+        (records we streamed but did not persist could be renumbered), so we
+        must not look like a leader to the front end: it then elects anew.
+        """
+        m = self.machine
+        return None if m.leader == self.id and m.role == rep.FOLLOWER else m.leader
+
     def rpc_status(self):
         with self._lock:
             return self._status()
@@ -680,7 +691,7 @@ class OrderReplica:
         return {
             "id": self.id,
             "role": role,
-            "leader": m.leader,
+            "leader": self._known_leader(),
             "epoch": m.epoch,
             "last_number": m.durable if m.durable >= 0 else None,
             "commit": m.commit if m.role == rep.LEADER else None,
