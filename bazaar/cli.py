@@ -100,6 +100,15 @@ def frontend(port):
     serve_role("frontend", cfg)
 
 
+@main.command("run-all")
+def run_all():
+    """Run catalog, order 1-3 and the front end; logs prefixed by service, Ctrl-C stops all."""
+    _load_config()  # a bad BAZAAR_* value is one clear line here, not five tracebacks
+    from bazaar.supervise import run_all as supervise
+
+    sys.exit(supervise())
+
+
 def _parse_value(text: str):
     """`key=value` values: JSON when they parse (numbers, true, null, lists), else strings."""
     try:
