@@ -1,0 +1,339 @@
+"""The Flask app with fake collaborators: routes, validation, JSON errors, cache use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bazaar.errors import BazaarError
+from bazaar.frontend.app import create_app
+from bazaar.frontend.cache import LookupCache
+
+STOCK = {"name": "GameStart", "price": 15.99, "quantity": 100, "volume": 0, "max_volume": None}
+
+
+class FakeCatalog:
+    def __init__(self):
+        self.lookups = 0
+        self.fail: BazaarError | None = None
+        self.up = True
+
+    def call(self, method, /, *, timeout=None, idempotent=False, **args):
+        if method == "ping":
+            if not self.up:
+                raise BazaarError("UNAVAILABLE", "down")
+            return {"service": "catalog"}
+        assert method == "lookup"
+        self.lookups += 1
+        if self.fail:
+            raise self.fail
+        if args["name"] != "GameStart":
+            err = BazaarError("NOT_FOUND", f"no stock {args['name']}")
+            err.remote = True
+            raise err
+        return dict(STOCK)
+
+
+class FakeOrders:
+    def __init__(self):
+        self.placed: list[tuple] = []
+        self.leader, self.epoch = 3, 1
+        self.replica_up = {1: True, 2: True, 3: True}
+        self.fail: BazaarError | None = None
+
+    def order(self, key, name, type, quantity):
+        if self.fail:
+            raise self.fail
+        for number, placed in enumerate(self.placed):
+            if placed[0] == key:
+                return {"transaction_number": number}
+        self.placed.append((key, name, type, quantity))
+        return {"transaction_number": len(self.placed) - 1}
+
+    def get_order(self, number):
+        if number >= len(self.placed):
+            raise BazaarError("NOT_FOUND", f"no order {number}")
+        _, name, kind, quantity = self.placed[number]
+        return {"number": number, "name": name, "type": kind, "quantity": quantity, "key": "x"}
+
+    def statuses(self, timeout=None):
+        return {
+            rid: ({"id": rid, "last_number": None, "role": "x"} if up else None)
+            for rid, up in self.replica_up.items()
+        }
+
+
+@pytest.fixture
+def parts():
+    cache = LookupCache(10)
+    cache.set_live(True)
+    return FakeCatalog(), FakeOrders(), cache
+
+
+@pytest.fixture
+def client(parts):
+    catalog, orders, cache = parts
+    app = create_app(catalog=catalog, orders=orders, cache=cache)
+    return app.test_client()
+
+
+def assert_error(resp, status):
+    assert resp.status_code == status, resp.data
+    assert resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == status
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def order(client, body, **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    kw.setdefault("content_type", "application/json")
+    return client.post("/orders", data=data, **kw)
+
+
+GOOD = {"name": "GameStart", "quantity": 2, "type": "buy"}
+
+
+# ---- lookups ----------------------------------------------------------------
+def test_lookup_ok_and_cached(client, parts):
+    catalog, _, cache = parts
+    for _ in range(3):
+        resp = client.get("/stocks/GameStart")
+        assert resp.status_code == 200
+        assert resp.get_json() == {"data": STOCK}
+    assert catalog.lookups == 1
+    assert cache.stats()["hits"] == 2
+
+
+def test_lookup_unknown_is_404(client):
+    assert_error(client.get("/stocks/Nope"), 404)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("UNAVAILABLE", 503), ("DEADLINE_EXCEEDED", 504), ("INTERNAL", 500)]
+)
+def test_lookup_rpc_errors_map_through_the_table(client, parts, code, status):
+    parts[0].fail = BazaarError(code, "boom")
+    assert_error(client.get("/stocks/GameStart"), status)
+
+
+def test_order_invalidates_cached_entry(client, parts):
+    catalog = parts[0]
+    client.get("/stocks/GameStart")
+    assert order(client, GOOD).status_code == 200
+    client.get("/stocks/GameStart")
+    assert catalog.lookups == 2
+
+
+# ---- orders -----------------------------------------------------------------
+def test_order_json_and_get(client):
+    resp = order(client, GOOD)
+    assert resp.status_code == 200
+    assert resp.get_json() == {"data": {"transaction_number": 0}}
+    resp = client.get("/orders/0")
+    assert resp.get_json() == {
+        "data": {"number": 0, "name": "GameStart", "type": "buy", "quantity": 2}
+    }
+
+
+def test_order_form_encoded(client, parts):
+    resp = client.post("/orders", data={"name": "GameStart", "quantity": "3", "type": "sell"})
+    assert resp.status_code == 200, resp.data
+    assert parts[1].placed[0][1:] == ("GameStart", "sell", 3)
+
+
+def test_form_typed_json_body_is_accepted(client):
+    resp = order(client, GOOD, content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 200
+
+
+def test_idempotency_key_is_passed_through(client, parts):
+    headers = {"Idempotency-Key": "abc-123"}
+    first = order(client, GOOD, headers=headers).get_json()
+    second = order(client, GOOD, headers=headers).get_json()
+    assert first == second
+    assert len(parts[1].placed) == 1
+    assert parts[1].placed[0][0] == "abc-123"
+
+
+def test_generated_keys_are_unique(client, parts):
+    order(client, GOOD)
+    order(client, GOOD)
+    keys = [p[0] for p in parts[1].placed]
+    assert len(set(keys)) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b"[1,2]",
+        b'"text"',
+        b"null",
+        b"1e999",
+        b"[" * 5000 + b"]" * 5000,
+        b"\xff\xfe",
+        {"name": "GameStart", "quantity": 2},
+        {"name": "GameStart", "type": "buy"},
+        {"quantity": 2, "type": "buy"},
+        {**GOOD, "extra": 1},
+        {**GOOD, "quantity": True},
+        {**GOOD, "quantity": False},
+        {**GOOD, "quantity": 0},
+        {**GOOD, "quantity": -1},
+        {**GOOD, "quantity": 1.5},
+        {**GOOD, "quantity": 2.0},
+        {**GOOD, "quantity": "2"},
+        {**GOOD, "quantity": None},
+        {**GOOD, "quantity": 10**30},
+        {**GOOD, "type": "BUY"},
+        {**GOOD, "type": "hold"},
+        {**GOOD, "type": None},
+        {**GOOD, "name": ""},
+        {**GOOD, "name": 5},
+        {**GOOD, "name": "x" * 1000},
+        {**GOOD, "name": ["GameStart"]},
+    ],
+)
+def test_bad_order_bodies_are_400(client, parts, body):
+    assert_error(order(client, body), 400)
+    assert parts[1].placed == []
+
+
+def test_huge_integer_literal_is_400(client):
+    assert_error(
+        order(client, b'{"name":"GameStart","type":"buy","quantity":' + b"9" * 5000 + b"}"), 400
+    )
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "name=GameStart&quantity=2",
+        "name=GameStart&quantity=2&type=buy&x=1",
+        "name=GameStart&quantity=two&type=buy",
+        "name=GameStart&quantity=2.0&type=buy",
+        "name=GameStart&quantity=1_000&type=buy",
+        "name=GameStart&quantity=%EF%BC%92&type=buy",  # full-width digit 2
+        "name=GameStart&quantity=0&type=buy",
+        "name=GameStart&quantity=&type=buy",
+        "name=GameStart&name=FishCo&quantity=2&type=buy",
+        "name=GameStart&quantity=2&type=buy&&",
+        "%ZZ",
+    ],
+)
+def test_bad_forms_are_400(client, parts, form):
+    resp = client.post("/orders", data=form, content_type="application/x-www-form-urlencoded")
+    assert_error(resp, 400)
+    assert parts[1].placed == []
+
+
+@pytest.mark.parametrize("key", ["", "a b", "x" * 201, "é"])
+def test_bad_idempotency_keys_are_400(client, key):
+    resp = order(client, GOOD, headers={"Idempotency-Key": key})
+    assert_error(resp, 400)
+
+
+def test_body_too_large_is_413(client):
+    assert_error(order(client, b'{"name":"' + b"x" * 100_000 + b'"}'), 413)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("NOT_FOUND", 404),
+        ("FAILED_PRECONDITION", 400),
+        ("UNAVAILABLE", 503),
+        ("DEADLINE_EXCEEDED", 504),
+        ("INTERNAL", 500),
+        ("ALREADY_EXISTS", 409),
+    ],
+)
+def test_order_rpc_errors_map_through_the_table(client, parts, code, status):
+    parts[1].fail = BazaarError(code, "nope")
+    assert_error(order(client, GOOD), status)
+
+
+@pytest.mark.parametrize("number", ["abc", "1.5", "0x10", "1e3", "%20", "-1", "１"])
+def test_bad_order_numbers_are_400(client, number):
+    assert_error(client.get(f"/orders/{number}"), 400)
+
+
+def test_unknown_order_number_is_404(client):
+    assert_error(client.get("/orders/7"), 404)
+    assert_error(client.get("/orders/" + "9" * 25), 404)
+
+
+# ---- routes and methods -----------------------------------------------------
+@pytest.mark.parametrize("path", ["/", "/stocks", "/stocks/", "/orders/", "/order/1", "/x" * 50])
+def test_unknown_routes_are_json_404(client, path):
+    assert_error(client.get(path), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/stocks/GameStart"),
+        ("DELETE", "/stocks/GameStart"),
+        ("GET", "/orders"),
+        ("PUT", "/orders"),
+        ("POST", "/orders/1"),
+        ("POST", "/health"),
+        ("PATCH", "/health"),
+    ],
+)
+def test_wrong_methods_are_json_405(client, method, path):
+    resp = client.open(path, method=method)
+    assert_error(resp, 405)
+    assert "Allow" in resp.headers
+
+
+def test_unexpected_exception_is_json_500(parts):
+    catalog, orders, cache = parts
+    catalog.fail = RuntimeError("kaboom")  # type: ignore[assignment]
+    app = create_app(catalog=catalog, orders=orders, cache=cache)
+    resp = app.test_client().get("/stocks/GameStart")
+    assert_error(resp, 500)
+    assert b"Traceback" not in resp.data
+
+
+# ---- health -------------------------------------------------------------------
+def test_health_ok(client):
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    data = resp.get_json()["data"]
+    assert data["status"] == "ok"
+    assert data["catalog"] == {"up": True}
+    assert data["order"]["leader"] == 3 and data["order"]["epoch"] == 1
+    assert data["order"]["replicas"]["1"] == {"up": True, "last_number": None, "role": "x"}
+    assert {"capacity", "size", "hits", "misses"} <= set(data["cache"])
+
+
+def test_health_degraded_when_a_follower_is_down(client, parts):
+    parts[1].replica_up[1] = False
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.get_json()["data"]["status"] == "degraded"
+
+
+def test_health_503_when_leader_down(client, parts):
+    parts[1].replica_up[3] = False
+    resp = client.get("/health")
+    assert resp.status_code == 503
+    assert resp.get_json()["data"]["status"] == "unavailable"
+
+
+def test_health_503_when_catalog_down(client, parts):
+    parts[0].up = False
+    resp = client.get("/health")
+    assert resp.status_code == 503
+    assert resp.get_json()["data"]["catalog"] == {"up": False}
+
+
+def test_health_503_when_no_leader(client, parts):
+    parts[1].leader = None
+    assert client.get("/health").status_code == 503
