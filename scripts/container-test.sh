@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# make container-test: build the image and run docker-compose.yml for real
+# (podman + podman-compose), then prove the deployment keeps its promises:
+#
+#   1. the image builds from the Dockerfile (base: python:3.12-slim when a
+#      registry answers, else a debootstrap bookworm image, cached under
+#      $BAZAAR_BASE_CACHE) and runs as a non-root user without build tools;
+#   2. one role in a container stops on SIGTERM in well under a second;
+#   3. the five services come up and /health says ok;
+#   4. `bazaar load` with verification passes;
+#   5. killing the order leader's container: orders keep flowing (a load run
+#      across the kill passes verification) and no acknowledged order is lost;
+#   6. a crashed service (SIGKILL from the host) is restarted by its policy;
+#   7. the old leader comes back and catches up: the three orders-<id>.csv in
+#      the three volumes are byte-identical;
+#   8. every container stops on SIGTERM quickly.
+#
+# Everything (containers, images, volumes, networks, netns, firewall chains,
+# temp storage) is removed on exit, failed or not. Where podman cannot run
+# (not Linux, not root, no podman and no way to install it, no base image) it
+# prints SKIP with the reason and exits 0. BAZAAR_CONTAINER_TEST=skip skips.
+#
+# Knobs: BASE_IMAGE (use this base, no pull/debootstrap), BAZAAR_BASE_CACHE,
+# BAZAAR_CONTAINER_INSTALL=0 (never apt-get install), BAZAAR_KEEP=1 (keep the
+# stack running on failure for a look; prints how to clean up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+VENV="${VENV:-$ROOT/.venv}"
+T0=$SECONDS
+
+say() { printf '[container-test %4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
+skip() { say "SKIP: $*"; exit 0; }
+die() { say "FAIL: $*"; exit 1; }
+
+# ---------------------------------------------------------------- can we run?
+[[ "${BAZAAR_CONTAINER_TEST:-}" == skip ]] && skip "BAZAAR_CONTAINER_TEST=skip"
+[[ "$(uname -s)" == Linux ]] || skip "podman runs containers natively on Linux only (this is $(uname -s))"
+[[ $EUID -eq 0 ]] || skip "needs root: the test runs rootful podman with all its state under a temp dir (CI runs as root)"
+[[ -x "$VENV/bin/bazaar" ]] || die "no $VENV/bin/bazaar: run through 'make container-test'"
+
+apt_updated=
+apt_install() {
+    [[ "${BAZAAR_CONTAINER_INSTALL:-1}" != 0 ]] && command -v apt-get >/dev/null || return 1
+    if [[ -z "$apt_updated" ]]; then
+        say "apt-get update"
+        timeout 300 apt-get update -qq >/dev/null 2>&1 || return 1
+        apt_updated=1
+    fi
+    say "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+    apt_install podman runc netavark aardvark-dns iptables \
+        || skip "podman/runc are not installed and could not be installed with apt-get"
+fi
+if [[ ! -x "$VENV/bin/podman-compose" ]]; then
+    say "pip install podman-compose (into $VENV)"
+    "$VENV/bin/pip" install --quiet podman-compose >/dev/null 2>&1 \
+        || skip "podman-compose is not installed and pip could not install it"
+fi
+PODMAN_COMPOSE="$VENV/bin/podman-compose"
+
+# ---------------------------------------------------------------- temp world
+WORK="$(mktemp -d /tmp/bazaar-ct.XXXXXX)"
+# shellcheck source=scripts/podman-env.sh
+source "$ROOT/scripts/podman-env.sh" "$WORK/podman"
+PROJECT="bazaarct$$"
+IMAGE="localhost/stock-bazaar:ct$$"
+PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+URL="http://127.0.0.1:$PORT"
+CHECK=("$VENV/bin/python" "$ROOT/scripts/container_check.py")
+COMPOSE=("$PODMAN_COMPOSE" --project-name "$PROJECT" --file "$ROOT/docker-compose.yml")
+export BAZAAR_IMAGE="$IMAGE" BAZAAR_HTTP_PUBLISH="127.0.0.1:$PORT"
+compose_up=
+
+# What the host looked like before, so teardown can put it back exactly.
+firewall_chains() { { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:/ {print $1}' | sort -u; }
+CHAINS_BEFORE="$(firewall_chains)"
+FORWARD_BEFORE="$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo)"
+NETNS_BEFORE="$(ls /run/netns 2>/dev/null | sort || true)"
+
+remove_new_chains() {
+    # netavark leaves its NETAVARK_* base chains after the last network goes.
+    local cmd save table chain new
+    for cmd in iptables ip6tables; do
+        command -v "$cmd-save" >/dev/null || continue
+        for table in filter nat mangle; do
+            save="$("$cmd-save" -t "$table" 2>/dev/null)" || continue
+            new="$(comm -13 <(echo "$CHAINS_BEFORE") <(awk '/^:/ {print $1}' <<<"$save" | sort -u) | sed 's/^://')"
+            [[ -n "$new" ]] || continue
+            for chain in $new; do  # rules jumping into a new chain, from anywhere
+                grep -E -- "-j $chain( |\$)" <<<"$save" | sed 's/^-A //' | while read -r rule; do
+                    eval "$cmd -t $table -D $rule" 2>/dev/null || true
+                done
+            done
+            for chain in $new; do "$cmd" -t "$table" -F "$chain" 2>/dev/null || true; done
+            for chain in $new; do "$cmd" -t "$table" -X "$chain" 2>/dev/null || true; done
+        done
+    done
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 && -n "$compose_up" ]]; then
+        say "logs of the stack (last 25 lines each):"
+        for c in $(podman ps -a --format '{{.Names}}' 2>/dev/null); do
+            echo "----- $c ($(podman inspect -f '{{.State.Status}} exit={{.State.ExitCode}}' "$c" 2>/dev/null))" >&2
+            podman logs --tail 25 "$c" 2>&1 | sed 's/^/    /' >&2
+        done
+        if [[ "${BAZAAR_KEEP:-}" == 1 ]]; then
+            say "BAZAAR_KEEP=1: stack left running; clean up with: source scripts/podman-env.sh $PODMAN_ENV_DIR && podman system reset -f && rm -rf $WORK"
+            exit "$rc"
+        fi
+    fi
+    say "teardown: containers, volumes, networks, images, storage"
+    [[ -n "$compose_up" ]] && timeout 60 "${COMPOSE[@]}" down --volumes --timeout 2 >/dev/null 2>&1
+    timeout 60 podman rm --all --force --time 0 >/dev/null 2>&1
+    timeout 30 podman volume rm --all --force >/dev/null 2>&1
+    for n in $(podman network ls --format '{{.Name}}' 2>/dev/null); do
+        [[ "$n" == podman ]] || podman network rm --force "$n" >/dev/null 2>&1
+    done
+    timeout 60 podman rmi --all --force >/dev/null 2>&1
+    timeout 60 podman system reset --force >/dev/null 2>&1
+    # Anything still mounted under our dir (overlay layers, shm) goes first.
+    grep -F " $WORK" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    for ns in $(comm -13 <(echo "$NETNS_BEFORE") <(ls /run/netns 2>/dev/null | sort)); do
+        ip netns delete "$ns" 2>/dev/null
+    done
+    remove_new_chains
+    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^podman[0-9]+$'); do
+        ip link delete "$link" 2>/dev/null
+    done
+    [[ -n "$FORWARD_BEFORE" ]] && echo "$FORWARD_BEFORE" >/proc/sys/net/ipv4/ip_forward 2>/dev/null
+    rm -rf "$WORK"
+    if [[ $rc -eq 0 ]]; then say "PASS ($((SECONDS - T0))s)"; else say "FAILED (exit $rc) after $((SECONDS - T0))s"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- base image
+BASE="${BASE_IMAGE:-}"
+if [[ -z "$BASE" ]]; then
+    say "pull python:3.12-slim (the Dockerfile's default base)"
+    if timeout 90 podman pull --quiet docker.io/library/python:3.12-slim >/dev/null 2>"$WORK/pull.err"; then
+        BASE=docker.io/library/python:3.12-slim
+    else
+        say "no registry image ($(tail -1 "$WORK/pull.err" | cut -c1-120)); using a debootstrap base"
+        command -v debootstrap >/dev/null || apt_install debootstrap \
+            || skip "cannot pull python:3.12-slim and debootstrap is not installable"
+        BASE=localhost/bazaar-base:bookworm
+        timeout 900 "$ROOT/scripts/make-base-image.sh" "$BASE" >/dev/null 2>"$WORK/base.err" \
+            || { cat "$WORK/base.err" >&2; skip "cannot pull python:3.12-slim and debootstrap failed (no Debian mirror?)"; }
+    fi
+else
+    podman image exists "$BASE" || timeout 300 podman pull --quiet "$BASE" >/dev/null \
+        || skip "BASE_IMAGE=$BASE cannot be pulled"
+fi
+if ! timeout 60 podman run --rm "$BASE" python3 -c 'pass' 2>"$WORK/probe.err"; then
+    cat "$WORK/probe.err" >&2
+    skip "podman cannot run a container here (see the error above)"
+fi
+say "base image: $BASE"
+
+# ---------------------------------------------------------------- the image
+build_args=(--build-arg "BASE_IMAGE=$BASE" --tag "$IMAGE" --file Dockerfile)
+# A TLS-intercepting proxy's CA must reach pip inside the build: lend the
+# host's bundle (read-only, build time only; it is not in the image).
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] \
+    && build_args+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+say "podman build ($IMAGE)"
+timeout 1200 podman build --quiet "${build_args[@]}" . >/dev/null 2>"$WORK/build.err" \
+    || { tail -40 "$WORK/build.err" >&2; die "image build failed"; }
+say "image size: $(podman image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+
+say "image smoke: --version, non-root user, no build tools in the venv"
+podman run --rm "$IMAGE" --version >&2 || die "bazaar --version failed in the image"
+uid="$(podman run --rm --entrypoint id "$IMAGE" -u)"
+[[ "$uid" != 0 ]] || die "the image runs as root"
+podman run --rm --entrypoint python3 "$IMAGE" -c '
+import importlib.util as u, sys
+left = [m for m in ("pip", "setuptools", "wheel") if u.find_spec(m)]
+sys.exit(f"build tools left in the venv: {left}" if left else 0)' || die "build tools left in the image"
+
+stop_time() {  # seconds (3 decimals) that `podman stop` takes on container $1
+    local t0 t1
+    t0=$(date +%s.%N)
+    podman stop --time 10 "$1" >/dev/null
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}'
+}
+
+say "PID 1 and SIGTERM: one catalog container"
+podman run -d --name "${PROJECT}-sig" "$IMAGE" catalog >/dev/null
+for _ in $(seq 50); do
+    podman exec "${PROJECT}-sig" bazaar call tcp://127.0.0.1:5555 ping >/dev/null 2>&1 && break
+    [[ "$(podman inspect -f '{{.State.Running}}' "${PROJECT}-sig")" == true ]] || break
+    sleep 0.2
+done
+podman exec "${PROJECT}-sig" bazaar call tcp://127.0.0.1:5555 ping >/dev/null \
+    || { podman logs "${PROJECT}-sig" >&2; die "catalog in a container does not answer ping"; }
+t="$(stop_time "${PROJECT}-sig")"
+code="$(podman inspect -f '{{.State.ExitCode}}' "${PROJECT}-sig")"
+say "  podman stop took ${t}s, exit code $code"
+awk -v t="$t" 'BEGIN {exit !(t < 2.0)}' || die "SIGTERM did not stop the catalog quickly (${t}s)"
+podman rm -f "${PROJECT}-sig" >/dev/null
+
+# ---------------------------------------------------------------- the stack
+say "podman-compose up (project $PROJECT, front end on $URL)"
+compose_up=1
+timeout 300 "${COMPOSE[@]}" up -d --no-build >"$WORK/up.log" 2>&1 \
+    || { tail -30 "$WORK/up.log" >&2; die "podman-compose up failed"; }
+ctr() {  # container name of compose service $1
+    podman ps -a --filter "label=io.podman.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1
+}
+for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
+
+say "wait for /health ok"
+"${CHECK[@]}" wait-health "$URL" --want ok --timeout 120 >/dev/null || die "/health never said ok"
+
+say "bazaar load (verified)"
+"$VENV/bin/bazaar" load --url "$URL" --sessions 4 --requests 40 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
+    || { cat "$WORK/load1.log" >&2; die "load run failed verification"; }
+grep -E '^(lookup|order|get_order)|verif' "$WORK/load1.log" | sed 's/^/    /' >&2 || true
+
+say "footprint after the mixed load (RSS of each container's processes)"
+for s in catalog order1 order2 order3 frontend; do
+    pid="$(podman inspect -f '{{.State.Pid}}' "$(ctr "$s")")"
+    rss=0
+    for p in $pid $(pgrep -P "$pid" 2>/dev/null); do
+        rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    printf '    %-9s %6.1f MB\n' "$s" "$(awk -v k="$rss" 'BEGIN {print k/1024}')" >&2
+    echo "$s $rss" >>"$WORK/footprint.txt"
+done
+awk '{t += $2} END {printf "    %-9s %6.1f MB\n", "total", t/1024}' "$WORK/footprint.txt" >&2
+[[ -n "${BAZAAR_FOOTPRINT_OUT:-}" ]] && cp "$WORK/footprint.txt" "$BAZAAR_FOOTPRINT_OUT"
+
+say "orders acknowledged before the failover"
+"${CHECK[@]}" place "$URL" 20 "$WORK/before.json" >&2 || die "could not place orders"
+
+leader="$("${CHECK[@]}" leader "$URL")"
+leader_ctr="$(ctr "order$leader")"
+say "kill the leader (order$leader) while a load run is going"
+"$VENV/bin/bazaar" load --url "$URL" --sessions 4 --requests 60 -p 0.8 --seed 2 --error-tolerance 0.05 \
+    >"$WORK/load2.log" 2>&1 &
+load_pid=$!
+sleep 2
+podman kill --signal KILL "$leader_ctr" >/dev/null
+wait "$load_pid" || { cat "$WORK/load2.log" >&2; die "load across the leader kill failed (errors or a verification mismatch)"; }
+grep -E '^(lookup|order|get_order)|verif|error' "$WORK/load2.log" | sed 's/^/    /' >&2 || true
+"${CHECK[@]}" wait-health "$URL" --want orders --timeout 60 >/dev/null || die "no orders taken after the leader died"
+new_leader="$("${CHECK[@]}" leader "$URL")"
+say "  new leader: order$new_leader (was order$leader)"
+[[ "$new_leader" != "$leader" ]] || [[ "$(podman inspect -f '{{.State.Running}}' "$leader_ctr")" == true ]] \
+    || die "the dead replica is still named leader"
+"${CHECK[@]}" verify "$URL" "$WORK/before.json" >&2 || die "acknowledged orders lost after the leader died"
+"${CHECK[@]}" place "$URL" 20 "$WORK/after.json" >&2 || die "orders do not flow after the leader died"
+
+say "a crash (SIGKILL from the host) of the catalog: restart policy brings it back"
+cat_ctr="$(ctr catalog)"
+restarts0="$(podman inspect -f '{{.RestartCount}}' "$cat_ctr")"
+kill -KILL "$(podman inspect -f '{{.State.Pid}}' "$cat_ctr")"
+for _ in $(seq 60); do
+    [[ "$(podman inspect -f '{{.RestartCount}} {{.State.Running}}' "$cat_ctr")" == "$((restarts0 + 1)) true" ]] && break
+    sleep 0.5
+done
+[[ "$(podman inspect -f '{{.State.Running}}' "$cat_ctr")" == true ]] || die "restart: unless-stopped did not restart the catalog"
+"${CHECK[@]}" place "$URL" 5 "$WORK/after-catalog.json" >&2 || die "orders do not flow after the catalog restarted"
+
+say "bring order$leader back; wait until the three replicas agree"
+[[ "$(podman inspect -f '{{.State.Running}}' "$leader_ctr")" == true ]] || podman start "$leader_ctr" >/dev/null
+"${CHECK[@]}" wait-synced "$URL" --timeout 90 >&2 || die "replicas did not catch up"
+for f in before after after-catalog; do
+    "${CHECK[@]}" verify "$URL" "$WORK/$f.json" >/dev/null || die "acknowledged orders ($f) lost after recovery"
+done
+
+say "order logs identical across the three volumes"
+logs=()
+for i in 1 2 3; do
+    src="$(podman inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Source}}{{end}}{{end}}' "$(ctr "order$i")")"
+    [[ -f "$src/orders-$i.csv" ]] || die "no orders-$i.csv in order$i's volume ($src)"
+    logs+=("$src/orders-$i.csv")
+done
+"${CHECK[@]}" same-files "${logs[@]}" >&2 || die "order logs differ between replicas"
+
+say "SIGTERM stops every service quickly"
+for s in frontend order1 order2 order3 catalog; do
+    c="$(ctr "$s")"
+    t="$(stop_time "$c")"
+    code="$(podman inspect -f '{{.State.ExitCode}}' "$c")"
+    say "  $s: ${t}s, exit code $code"
+    awk -v t="$t" 'BEGIN {exit !(t < 2.0)}' || die "$s took ${t}s to stop on SIGTERM"
+done

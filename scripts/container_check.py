@@ -1,0 +1,181 @@
+"""HTTP checks for scripts/container-test.sh: the stack seen from outside.
+
+Standard library only (runs with any python3 on the host). Each subcommand
+prints one line of JSON or a short message and exits non-zero when its check
+fails, so the shell script can stay a plain sequence of steps.
+
+    wait-health URL [--want ok|orders] [--timeout S]   until /health says so
+    leader URL                                         the order leader's id
+    place URL N FILE                                   N acknowledged orders -> FILE
+    verify URL FILE                                    every order in FILE reads back the same
+    wait-synced URL [--timeout S]                      all replicas up, same last_number
+    same-files F1 F2 ...                               byte-identical files
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
+
+
+def http(method: str, url: str, body: dict | None = None, headers: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read() or b"null")
+        except ValueError:
+            return err.code, None
+    except (OSError, ValueError) as err:  # refused, reset, timeout, not JSON
+        return None, str(err)
+
+
+def health(url: str):
+    status, body = http("GET", f"{url}/health")
+    data = body.get("data") if isinstance(body, dict) else None
+    return status, data
+
+
+def cmd_wait_health(args) -> int:
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while time.monotonic() < deadline:
+        status, data = health(args.url)
+        last = (status, data)
+        if data:
+            if args.want == "ok" and data.get("status") == "ok":
+                print(json.dumps(data))
+                return 0
+            if args.want == "orders" and data.get("status") in ("ok", "degraded"):
+                print(json.dumps(data))
+                return 0
+        time.sleep(1)
+    print(f"/health not {args.want} after {args.timeout}s; last answer: {last}", file=sys.stderr)
+    return 1
+
+
+def cmd_leader(args) -> int:
+    _, data = health(args.url)
+    leader = (data or {}).get("order", {}).get("leader")
+    if leader is None:
+        print(f"no order leader in /health: {data}", file=sys.stderr)
+        return 1
+    print(leader)
+    return 0
+
+
+def place_one(url: str, i: int, deadline: float) -> dict:
+    # Alternate sell/buy of one share: the market never runs dry.
+    order = {"name": STOCKS[i % len(STOCKS)], "type": "sell" if i % 2 == 0 else "buy", "quantity": 1}
+    key = uuid.uuid4().hex
+    while True:
+        status, body = http("POST", f"{url}/orders", order, {"Idempotency-Key": key})
+        if status == 200:
+            return {"number": body["data"]["transaction_number"], **order}
+        if time.monotonic() > deadline or status not in (None, 502, 503, 504):
+            raise SystemExit(f"order {order} failed: {status} {body}")
+        time.sleep(0.2)  # same key again: at most one trade
+
+
+def cmd_place(args) -> int:
+    deadline = time.monotonic() + args.timeout
+    placed = [place_one(args.url, i, deadline) for i in range(args.n)]
+    numbers = [p["number"] for p in placed]
+    if len(set(numbers)) != len(numbers):
+        print(f"transaction numbers handed out twice: {numbers}", file=sys.stderr)
+        return 1
+    with open(args.file, "w") as f:
+        json.dump(placed, f)
+    print(json.dumps({"placed": len(placed), "first": min(numbers), "last": max(numbers)}))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    with open(args.file) as f:
+        placed = json.load(f)
+    bad = []
+    for p in placed:
+        status, body = http("GET", f"{args.url}/orders/{p['number']}")
+        got = (body or {}).get("data") if isinstance(body, dict) else None
+        if status != 200 or not got or any(got.get(k) != p[k] for k in ("number", "name", "type", "quantity")):
+            bad.append({"expected": p, "status": status, "got": body})
+    if bad:
+        print(json.dumps({"lost_or_changed": bad[:10], "count": len(bad)}), file=sys.stderr)
+        return 1
+    print(json.dumps({"verified": len(placed)}))
+    return 0
+
+
+def cmd_wait_synced(args) -> int:
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while time.monotonic() < deadline:
+        _, data = health(args.url)
+        replicas = ((data or {}).get("order") or {}).get("replicas") or {}
+        last = replicas
+        numbers = {r.get("last_number") for r in replicas.values()}
+        if len(replicas) == 3 and all(r.get("up") for r in replicas.values()) and len(numbers) == 1:
+            print(json.dumps({"last_number": numbers.pop(), "leader": data["order"].get("leader")}))
+            return 0
+        time.sleep(1)
+    print(f"replicas not in sync after {args.timeout}s: {last}", file=sys.stderr)
+    return 1
+
+
+def cmd_same_files(args) -> int:
+    digests = {}
+    for path in args.files:
+        with open(path, "rb") as f:
+            content = f.read()
+        digests[path] = (hashlib.sha256(content).hexdigest()[:16], content.count(b"\n"))
+    print(json.dumps(digests))
+    return 0 if len({d for d, _ in digests.values()}) == 1 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("wait-health")
+    p.add_argument("url")
+    p.add_argument("--want", choices=("ok", "orders"), default="ok")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(func=cmd_wait_health)
+    p = sub.add_parser("leader")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_leader)
+    p = sub.add_parser("place")
+    p.add_argument("url")
+    p.add_argument("n", type=int)
+    p.add_argument("file")
+    p.add_argument("--timeout", type=float, default=60)
+    p.set_defaults(func=cmd_place)
+    p = sub.add_parser("verify")
+    p.add_argument("url")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("wait-synced")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, default=90)
+    p.set_defaults(func=cmd_wait_synced)
+    p = sub.add_parser("same-files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_same_files)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
