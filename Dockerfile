@@ -51,7 +51,8 @@ ENV PATH=/opt/bazaar/bin:$PATH \
     BAZAAR_DATA_DIR=/data \
     BAZAAR_HTTP_PORT=8080
 
-USER bazaar
+# Numeric, so runtimes (and Kubernetes runAsNonRoot) can tell it is not root.
+USER 10001:10001
 WORKDIR /data
 # A new named volume is seeded from this directory, bazaar-owned.
 VOLUME ["/data"]

