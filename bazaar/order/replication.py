@@ -27,7 +27,9 @@ Invariants
 - Acknowledgements are monotonic: `commit` never goes down while leading.
 
 Theory of operation: the leader streams batches (at most `batch` records)
-to each follower, up to `window` batches in flight; a follower that
+to each follower, up to `window` full batches in flight but at most two
+partial ones (records arriving meanwhile then share the next batch, and the
+follower's fsync); a follower that
 answers `ok=False` (a gap or a conflict) tells the leader where to restart
 from. A down follower gets one probe per `probe_interval` instead of a
 stream. A new leader first adopts the most up-to-date log of its reachable
@@ -374,6 +376,8 @@ class Replica:
             if not f.alive:
                 continue
             while len(f.inflight) < self.window and f.next <= self.last_number:
+                if len(f.inflight) >= 2 and self.last_number - f.next + 1 < self.batch:
+                    break  # a partial batch waits for an answer and grows meanwhile
                 actions += self._send_batch(peer, f, now)
         return actions
 

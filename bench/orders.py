@@ -1,0 +1,261 @@
+"""Order service benchmark: latency, throughput, and the stall of a leader failover.
+
+Runs real order replicas as processes (fsync on) behind a catalog, and talks
+to them over RPC the way the front end does (its `OrderRouter` elects and
+fails over). Prints one table:
+
+- order latency p50/p99 with 1 session, throughput with 16 sessions, for
+  three replicas (replication on) and one replica (replication off, baseline);
+- the client-visible stall after `kill -9` of the leader: from the last
+  acknowledgement before the kill to the first one after it.
+
+    .venv/bin/python bench/orders.py [--seconds 5] [--catalog real|fake]
+
+`--catalog fake` uses an in-memory catalog without fsync (isolates the order
+service); `real` (the default when `bazaar.catalog` exists) runs the catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bazaar import rpc  # noqa: E402
+from bazaar.errors import BazaarError  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
+
+
+# ---- a catalog without disk, for --catalog fake -----------------------------------
+def serve_fake_catalog(port: int) -> None:
+    lock = threading.Lock()
+    trades: list[dict] = []
+    by_key: dict[str, dict] = {}
+    fenced = [0]
+    server = rpc.Server(f"tcp://127.0.0.1:{port}", service="catalog", workers=16)
+
+    @server.method()
+    def trade(key, name, type, quantity, epoch):
+        with lock:
+            if epoch < fenced[0]:
+                raise BazaarError("ABORTED", "fenced", {"epoch": fenced[0]})
+            if key not in by_key:
+                t = {"seq": len(trades) + 1, "key": key, "name": name, "type": type}
+                t.update(quantity=quantity, epoch=epoch)
+                trades.append(t)
+                by_key[key] = t
+            return by_key[key]
+
+    @server.method()
+    def fence(epoch):
+        with lock:
+            fenced[0] = max(fenced[0], epoch)
+            return {"epoch": fenced[0]}
+
+    @server.method()
+    def trades_since(after, limit=None):
+        with lock:
+            return {"trades": trades[max(after, 0) :][: limit or None], "last_seq": len(trades)}
+
+    server.serve_forever()
+
+
+# ---- processes ------------------------------------------------------------------------
+class Deployment:
+    def __init__(self, root: Path, replicas: int, catalog: str):
+        self.root = root
+        self.catalog_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.endpoints = {rid: f"tcp://127.0.0.1:{free_port()}" for rid in range(1, replicas + 1)}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.catalog_kind = catalog
+
+    def env(self, name: str) -> dict:
+        env = dict(os.environ)
+        env.update(
+            BAZAAR_CATALOG=self.catalog_endpoint,
+            BAZAAR_CATALOG_PUB=f"tcp://127.0.0.1:{free_port()}",
+            BAZAAR_ORDER_REPLICAS=",".join(f"{r}={e}" for r, e in self.endpoints.items()),
+            BAZAAR_DATA_DIR=str(self.root / name),
+            BAZAAR_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        )
+        return env
+
+    def start(self, name: str) -> None:
+        if name == "catalog" and self.catalog_kind == "fake":
+            port = self.catalog_endpoint.rsplit(":", 1)[1]
+            cmd = [sys.executable, __file__, "--serve-fake-catalog", port]
+        elif name == "catalog":
+            cmd = [sys.executable, "-m", "bazaar.cli", "catalog"]
+        else:
+            cmd = [sys.executable, "-m", "bazaar.cli", "order", "--id", name[5:]]
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(cmd, env=self.env(name), stdout=log, stderr=log)
+
+    def start_all(self) -> None:
+        self.start("catalog")
+        for rid in self.endpoints:
+            self.start(f"order{rid}")
+        for endpoint in [self.catalog_endpoint, *self.endpoints.values()]:
+            wait_ping(endpoint)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wait_ping(endpoint: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rpc.call(endpoint, "ping", timeout=0.5)
+            return
+        except BazaarError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def make_router(dep: Deployment):
+    from bazaar.frontend.leader import OrderRouter
+
+    router = OrderRouter(dep.endpoints).start()
+    deadline = time.monotonic() + 20
+    while router.leader is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return router
+
+
+def one_order(router) -> None:
+    router.order(uuid.uuid4().hex, STOCKS[0], "sell", 1)
+
+
+# ---- measures ---------------------------------------------------------------------------
+def latency(router, count: int) -> tuple[float, float]:
+    for _ in range(50):
+        one_order(router)  # warm up
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        one_order(router)
+        samples.append(time.perf_counter() - t0)
+    ms = np.array(samples) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def throughput(router, sessions: int, seconds: float) -> float:
+    stop = threading.Event()
+    counts = [0] * sessions
+
+    def session(i):
+        while not stop.is_set():
+            one_order(router)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def failover_stall(dep: Deployment, router, sessions: int = 4) -> float:
+    acks: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def session():
+        while not stop.is_set():
+            try:
+                one_order(router)
+            except BazaarError:
+                continue
+            with lock:
+                acks.append(time.monotonic())
+
+    threads = [threading.Thread(target=session) for _ in range(sessions)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    leader = router.leader
+    with lock:
+        killed_at = time.monotonic()
+    dep.kill(f"order{leader}")
+    time.sleep(4.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    before = max(a for a in acks if a <= killed_at)
+    after = min(a for a in acks if a > killed_at + 0.001)
+    return after - before
+
+
+def run_setup(replicas: int, catalog: str, seconds: float, count: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-orders-") as tmp:
+        dep = Deployment(Path(tmp), replicas, catalog)
+        try:
+            dep.start_all()
+            router = make_router(dep)
+            p50, p99 = latency(router, count)
+            tput = throughput(router, 16, seconds)
+            stall = failover_stall(dep, router) if replicas > 1 else None
+            router.close()
+            return {"p50": p50, "p99": p99, "tput": tput, "stall": stall}
+        finally:
+            dep.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--count", type=int, default=1000, help="orders for the latency run")
+    default_catalog = "real" if importlib.util.find_spec("bazaar.catalog.service") else "fake"
+    parser.add_argument("--catalog", choices=("real", "fake"), default=default_catalog)
+    parser.add_argument("--serve-fake-catalog", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake_catalog:
+        serve_fake_catalog(args.serve_fake_catalog)
+        return
+    rows = []
+    for replicas, label in ((3, "3 replicas, fsync"), (1, "1 replica (no replication)")):
+        res = run_setup(replicas, args.catalog, args.seconds, args.count)
+        rows.append((label, res))
+    print(
+        f"\norders over RPC via the front end's router, catalog: {args.catalog}, {os.cpu_count()} cores"
+    )
+    print("| setup | p50 ms (1 session) | p99 ms | orders/s (16 sessions) | stall after kill -9 |")
+    print("|---|---|---|---|---|")
+    for label, r in rows:
+        stall = f"{r['stall'] * 1000:.0f} ms" if r["stall"] is not None else "n/a"
+        print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['tput']:.0f} | {stall} |")
+
+
+if __name__ == "__main__":
+    main()
