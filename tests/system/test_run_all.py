@@ -1,0 +1,92 @@
+"""`bazaar run-all` (what `make run` starts): five services, prefixed logs, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+
+from tests.conftest import free_port, wait_until
+
+pytest.importorskip("bazaar.catalog.service")
+pytest.importorskip("bazaar.order.service")
+
+pytestmark = pytest.mark.timeout(180)
+
+NAMES = ("catalog", "order1", "order2", "order3", "frontend")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is not a running service
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
+    http_port = free_port()
+    env = dict(
+        os.environ,
+        BAZAAR_CATALOG=f"tcp://127.0.0.1:{free_port()}",
+        BAZAAR_CATALOG_PUB=f"tcp://127.0.0.1:{free_port()}",
+        BAZAAR_ORDER_REPLICAS=",".join(f"{r}=tcp://127.0.0.1:{free_port()}" for r in (1, 2, 3)),
+        BAZAAR_DATA_DIR=str(tmp_path / "data"),
+        BAZAAR_HTTP_PORT=str(http_port),
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bazaar.cli", "run-all"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def reader():
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+
+        def healthy():
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=3) as r:
+                return json.loads(r.read())["data"]["status"] == "ok"
+
+        wait_until(healthy, 60, interval=0.2, msg="run-all healthy\n" + "\n".join(lines[-30:]))
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/stocks/GameStart", timeout=5
+        ) as r:
+            assert json.loads(r.read())["data"]["name"] == "GameStart"
+        pids = {}
+        for line in list(lines):
+            m = re.search(r"started (\w+) \(pid (\d+)\)", line)
+            if m:
+                pids[m.group(1)] = int(m.group(2))
+        assert set(pids) == set(NAMES), lines[:10]
+        assert all(alive(pid) for pid in pids.values())
+        # Logs are prefixed by service name.
+        prefixes = {line.split("|", 1)[0].strip() for line in lines if "|" in line}
+        assert {"catalog", "frontend"} <= prefixes, lines[:20]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, "\n".join(lines[-30:])
+        wait_until(lambda: not any(alive(pid) for pid in pids.values()), 10, msg="children gone")
+        t.join(5)
+        assert any("all services stopped" in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
