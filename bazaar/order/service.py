@@ -42,6 +42,7 @@ CATALOG_TIMEOUT = 2.0
 PEER_TIMEOUT = 1.5  # a live peer answers in ms; a dead one is skipped by `_listening`
 CATCH_UP_LIMIT = 4000  # records per catch_up reply (stays under wire.MAX_MESSAGE_BYTES)
 MAX_KEY_LEN = 256
+DISK_COOLDOWN = 5.0  # a replica whose disk failed this recently refuses to lead
 
 
 class Waiter:
@@ -109,6 +110,7 @@ class OrderReplica:
         self._recovery_note = "not the leader"
         self._disk_error: BazaarError | None = None
         self._disk_errors = 0
+        self._disk_error_at = float("-inf")
         self._trade_watermark = 0
         self._threads: list[threading.Thread] = []
         self.catalog = rpc.Client(config.catalog, timeout=CATALOG_TIMEOUT, context=self._ctx)
@@ -264,6 +266,7 @@ class OrderReplica:
         with self._lock:
             self._writes.clear()  # every queued record was decided on top of the lost ones
             self._disk_error = err
+            self._disk_error_at = time.monotonic()
             self._disk_errors += 1
             self._perform(self.machine.on_disk_error(err))
             self.machine.reset_log(self.log.records)
@@ -422,14 +425,14 @@ class OrderReplica:
             after = chunk[-1].number if chunk else after
         with self._lock:
             self._perform(self.machine.adopt(truncate, records))
-            target = self.machine.last_number
+            target, generation = self.machine.last_number, self._disk_errors
         self._flush()
-        self._wait_durable(target, 10.0)
+        self._wait_durable(target, 10.0, generation)
         log.info("order %s: caught up from %s to %s", self.id, best.peer, target)
 
-    def _wait_durable(self, number: int, timeout: float) -> None:
+    def _wait_durable(self, number: int, timeout: float, generation: int) -> None:
+        """Wait until `number` is durable; `generation` is `_disk_errors` when it was queued."""
         deadline = time.monotonic() + timeout
-        generation = self._disk_errors
         with self._lock:
             while self.machine.durable < number:
                 if self._disk_errors != generation:
@@ -663,6 +666,10 @@ class OrderReplica:
         if not wire.is_int(epoch) or epoch < 1:
             raise invalid("epoch must be an integer >= 1")
         with self._lock:
+            broken = time.monotonic() - self._disk_error_at < DISK_COOLDOWN
+            if leader == self.id and self._disk_error is not None and broken:
+                # Refuse before accepting the epoch: the front end tries the next replica.
+                raise unavailable(f"order {self.id} cannot lead: {self._disk_error.message}")
             self._accept_epoch(epoch, leader)
             was = (self.machine.role, self.machine.epoch)
             self._perform(self.machine.on_set_leader(leader, epoch))
@@ -686,9 +693,10 @@ class OrderReplica:
             msg = rep.Replicate(epoch, leader, prev_number, prev_epoch, tuple(batch))
             actions, reply = self.machine.on_replicate(msg)
             self._perform(actions)
+            generation = self._disk_errors
         self._flush()
         if reply.ok:
-            self._wait_durable(reply.matched, 2.0)
+            self._wait_durable(reply.matched, 2.0, generation)
         return reply._asdict()
 
     def rpc_catch_up(self, after, epoch=None, leader=None, limit=None):

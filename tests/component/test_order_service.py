@@ -16,6 +16,7 @@ import pytest
 from bazaar import rpc
 from bazaar.config import Config
 from bazaar.errors import BazaarError
+from bazaar.order.log import disk_error
 from bazaar.order.service import OrderReplica
 from tests.conftest import free_port, wait_until
 
@@ -247,4 +248,52 @@ def test_torn_tail_is_cut_on_restart(trio):
         fh.write(b"3,GameStart,bu")
     trio.start(1)
     trio.order(3)
+    trio.wait_identical()
+
+
+def break_disk(replica: OrderReplica):
+    """Make every log write of one replica fail like a full disk; returns the undo."""
+    original = replica.log.append_durable
+
+    def full(records):
+        if records:
+            raise disk_error("append", OSError(28, "No space left on device"))
+
+    replica.log.append_durable = full
+    return lambda: setattr(replica.log, "append_durable", original)
+
+
+def test_follower_disk_failure_does_not_stop_orders(trio):
+    trio.elect(3)
+    trio.order(3)
+    repair = break_disk(trio.replicas[1])
+    numbers = [trio.order(3) for _ in range(10)]  # acknowledged with follower 2
+    assert numbers == list(range(1, 11))
+    status = trio.clients[1].call("status")
+    assert "No space left" in status["disk_error"] and status["last_number"] == 0
+    repair()
+    trio.order(3)
+    trio.wait_identical()
+    assert trio.clients[1].call("status")["disk_error"] is None
+
+
+def test_leader_disk_failure_is_a_clear_error_and_leadership_moves(trio):
+    trio.elect(3)
+    acked = [trio.order(3, key=f"a{i}") for i in range(5)]
+    repair = break_disk(trio.replicas[3])
+    with pytest.raises(BazaarError) as err:
+        trio.order(3, key="during")
+    assert err.value.code == "UNAVAILABLE" and "No space left" in err.value.message
+    status = trio.clients[3].call("status")
+    assert status["role"] == "follower" and status["leader"] is None
+    with pytest.raises(BazaarError) as err:
+        trio.clients[3].call("set_leader", leader=3, epoch=trio.epoch + 1)
+    assert "cannot lead" in err.value.message
+    trio.epoch += 1
+    trio.elect(2)
+    # The failed order was traded: the new leader reconciled it, a retry finds it.
+    assert trio.order(2, key="during") == 5
+    assert [trio.order(2, key=f"a{i}") for i in range(5)] == acked
+    repair()
+    trio.order(2)
     trio.wait_identical()
