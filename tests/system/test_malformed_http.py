@@ -167,7 +167,18 @@ def make_case(rng: random.Random):
         return "POST", "/orders", {"Content-Type": "application/json"}, b" " * size, 413
     if kind == 5:  # non-integer order numbers
         number = rng.choice(
-            ["abc", "1.5", "0x1", "1e3", "-1", "%20", "+", "--1", "１", rand_word(rng, 8) + "z"]
+            [
+                "abc",
+                "1.5",
+                "0x1",
+                "1e3",
+                "-1",
+                "%20",
+                "+",
+                "--1",
+                quote("１"),
+                rand_word(rng, 8) + "z",
+            ]
         )
         return "GET", f"/orders/{number}", {}, b"", 400
     # unknown stocks

@@ -79,7 +79,7 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
         assert all(alive(pid) for pid in pids.values())
         # Logs are prefixed by service name.
         prefixes = {line.split("|", 1)[0].strip() for line in lines if "|" in line}
-        assert {"catalog", "frontend"} <= prefixes, lines[:20]
+        assert {"order3", "frontend"} <= prefixes, lines[:20]
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, "\n".join(lines[-30:])
