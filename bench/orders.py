@@ -49,12 +49,34 @@ def serve_fake_catalog(port: int) -> None:
     fenced = [0]
     server = rpc.Server(f"tcp://127.0.0.1:{port}", service="catalog", workers=16)
 
+    stocks = {name: [100, 0] for name in STOCKS}  # quantity, volume
+
+    @server.method()
+    def lookup(name):
+        with lock:
+            if name not in stocks:
+                raise BazaarError("NOT_FOUND", f"no stock {name}")
+            quantity, volume = stocks[name]
+            return {
+                "name": name,
+                "price": 1.0,
+                "quantity": quantity,
+                "volume": volume,
+                "max_volume": None,
+            }
+
     @server.method()
     def trade(key, name, type, quantity, epoch):
         with lock:
             if epoch < fenced[0]:
                 raise BazaarError("ABORTED", "fenced", {"epoch": fenced[0]})
             if key not in by_key:
+                stock = stocks.setdefault(name, [100, 0])
+                delta = -quantity if type == "buy" else quantity
+                if stock[0] + delta < 0:
+                    raise BazaarError("FAILED_PRECONDITION", "not enough stock")
+                stock[0] += delta
+                stock[1] += quantity
                 t = {"seq": len(trades) + 1, "key": key, "name": name, "type": type}
                 t.update(quantity=quantity, epoch=epoch)
                 trades.append(t)

@@ -707,8 +707,14 @@ class OrderReplica:
             if epoch is not None:
                 if not wire.is_int(epoch) or not wire.is_int(leader):
                     raise invalid("epoch and leader must be integers")
-                self._accept_epoch(epoch, leader)
-                self._perform(self.machine.on_promise(leader, epoch))
+                try:
+                    self._accept_epoch(epoch, leader)
+                    self._perform(self.machine.on_promise(leader, epoch))
+                except BazaarError as err:
+                    if err.code == "ABORTED":
+                        raise
+                    # Our disk cannot record the promise: still share our log.
+                    log.warning("order %s: no promise to %s: %s", self.id, leader, err.message)
             durable = self.machine.durable
             records = self.machine.records[max(after + 1, 0) : durable + 1][:limit]
             runs = self.machine.epoch_runs(durable)

@@ -16,6 +16,7 @@ Randomness is seeded; the seed is printed (replay with BAZAAR_FAULT_SEED=...).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -271,19 +272,11 @@ def small_disks(tmp_path):
 
 def fill(path) -> None:
     """Fill the tmpfs holding `path` up to the last byte."""
-    with open(path / "filler", "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                fh.write(b"\0")
-                fh.flush()
-        except OSError:
-            pass
+    with open(path / "filler", "wb", buffering=0) as fh:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
 
 
 def test_full_disks_give_clear_errors_and_lose_nothing(small_disks, tmp_path, seed):
