@@ -60,7 +60,7 @@ class OrderRouter:
         }
         self._current: tuple[int | None, int] = (None, 0)
         self._election_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.clients)))
+        self._pool = ThreadPoolExecutor(max_workers=max(16, 4 * len(self.clients)))
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._leader_misses = 0
