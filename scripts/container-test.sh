@@ -207,7 +207,7 @@ t="$(stop_time "${PROJECT}-sig")"
 code="$(podman inspect -f '{{.State.ExitCode}}' "${PROJECT}-sig")"
 say "  podman stop took ${t}s, exit code $code"
 awk -v t="$t" 'BEGIN {exit !(t < 2.0)}' || die "SIGTERM did not stop the catalog quickly (${t}s)"
-podman rm -f "${PROJECT}-sig" >/dev/null
+podman rm -f -v "${PROJECT}-sig" >/dev/null
 
 # ---------------------------------------------------------------- the stack
 say "podman-compose up (project $PROJECT, front end on $URL)"
@@ -222,6 +222,13 @@ for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die
 
 say "wait for /health ok"
 "${CHECK[@]}" wait-health "$URL" --want ok --timeout 120 >/dev/null || die "/health never said ok"
+
+# Without systemd podman does not schedule healthchecks; run each service's
+# compose healthcheck once by hand to prove the commands are right.
+say "compose healthchecks of the five services"
+for s in catalog order1 order2 order3 frontend; do
+    podman healthcheck run "$(ctr "$s")" >/dev/null 2>&1 || die "the healthcheck of $s fails on a healthy stack"
+done
 
 say "bazaar load (verified)"
 "$VENV/bin/bazaar" load --url "$URL" --sessions 4 --requests 40 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
