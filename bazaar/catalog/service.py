@@ -1,0 +1,241 @@
+"""The catalog on the network: the RPC methods of docs/architecture.md and the PUB socket.
+
+Owns the wiring only: the market, its files and the trade rules live in
+`bazaar.catalog.store`. Threads:
+- the RPC server's I/O thread answers `lookup` and `list_stocks` inline (a
+  read under the store's lock, never disk I/O); `trade`, `fence` and
+  `trades_since` run on its worker pool, since they may wait for an fsync;
+- the publisher thread is the only user of the PUB socket (zmq sockets are not
+  thread-safe): it sends `[b"invalidate", {seq, name, boot}]` for every applied
+  trade handed to it, and `[b"heartbeat", {seq, boot}]` once a second.
+  `seq` counts invalidations of this process (0 before the first one; the
+  heartbeat repeats the latest), `boot` is a random id per process, so a
+  subscriber sees both a lost message (a gap) and a restarted catalog;
+- the snapshot thread rewrites catalog.csv after trades, off the reply path
+  (the journal already made them durable).
+
+`run(config, stop)` is the `bazaar catalog` role; `CatalogService(config)`
+builds the same thing in-process for tests (endpoints ending in `:0` pick a
+free port).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from bazaar import rpc, wire
+from bazaar.catalog.store import Catalog
+from bazaar.config import Config
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0
+# Under load catalog.csv is rewritten at most this often; each rewrite costs two fsyncs.
+SNAPSHOT_MIN_INTERVAL = 0.1
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> tuple[str, int | None]:
+    """Bind `sock`; an endpoint ending in ':0' gets a free port. Returns (endpoint, port)."""
+    if endpoint.endswith(":0"):
+        base = endpoint.rsplit(":", 1)[0]
+        port = sock.bind_to_random_port(base)
+        return f"{base}:{port}", port
+    sock.bind(endpoint)
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else None
+    return endpoint, port
+
+
+class Publisher:
+    """Invalidations and heartbeats on one PUB socket, sent from one thread."""
+
+    _STOP = object()
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        context: zmq.Context | None = None,
+    ):
+        self.boot = secrets.token_hex(8)
+        self.heartbeat_interval = heartbeat_interval
+        self._sock = rpc.harden((context or zmq.Context.instance()).socket(zmq.PUB))
+        # Bound here, so a taken port fails the start; the socket then moves to
+        # the publisher thread (thread start is the memory barrier zmq asks for).
+        self.endpoint, self.port = _bind(self._sock, endpoint)
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="catalog-pub", daemon=True)
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def invalidate(self, name: str) -> None:
+        """Announce a change of stock `name` (any thread)."""
+        self._outbox.put(name)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._outbox.put(self._STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        else:
+            self._sock.close(0)
+
+    def _send(self, topic: bytes, body: dict[str, Any]) -> None:
+        try:
+            self._sock.send_multipart([topic, wire.pack(body)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # PUB drops rather than blocks; a subscriber sees the gap
+            log.debug("publish %s dropped: %s", topic, exc)
+
+    def _loop(self) -> None:
+        seq = 0
+        next_heartbeat = time.monotonic()  # one right away: subscribers learn `boot` early
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self._send(b"heartbeat", {"seq": seq, "boot": self.boot})
+                    next_heartbeat = now + self.heartbeat_interval
+                try:
+                    item = self._outbox.get(timeout=max(0.0, next_heartbeat - now))
+                except queue.Empty:
+                    continue
+                if item is self._STOP:
+                    return
+                seq += 1
+                self._send(b"invalidate", {"seq": seq, "name": item, "boot": self.boot})
+        finally:
+            self._sock.close(0)
+
+
+class CatalogService:
+    """The catalog's store, RPC server, publisher and snapshot thread, started and stopped together.
+
+    >>> service = CatalogService(config.with_(catalog="tcp://127.0.0.1:0",
+    ...                                       catalog_pub="tcp://127.0.0.1:0")).start()
+    >>> service.rpc_endpoint, service.pub_endpoint   # connectable tcp://127.0.0.1:<port>
+    >>> service.stop()
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        context: zmq.Context | None = None,
+    ):
+        self.config = config
+        self.catalog = Catalog.open(config.data_dir)
+        self._stopping = threading.Event()
+        try:
+            self.publisher = Publisher(
+                rpc.bind_endpoint(config.catalog_pub),
+                heartbeat_interval=heartbeat_interval,
+                context=context,
+            )
+            try:
+                self.server = rpc.Server(
+                    rpc.bind_endpoint(config.catalog), service="catalog", context=context
+                )
+            except BaseException:
+                self.publisher.stop()  # never started: just closes its socket
+                raise
+        except BaseException:
+            self.catalog.close()
+            raise
+        self.server.register("lookup", self.lookup, inline=True)
+        self.server.register("list_stocks", self.list_stocks, inline=True)
+        self.server.register("trade", self.trade)
+        self.server.register("fence", self.fence)
+        self.server.register("trades_since", self.trades_since)
+        self._snapshotter = threading.Thread(
+            target=self._snapshot_loop, name="catalog-snapshot", daemon=True
+        )
+
+    # ---- addresses a client on this machine can connect to --------------
+    @property
+    def rpc_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.server.port}"
+
+    @property
+    def pub_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.publisher.port}"
+
+    @property
+    def boot(self) -> str:
+        return self.publisher.boot
+
+    # ---- RPC methods (argument names are the wire's) ----------------------
+    def lookup(self, name):
+        return self.catalog.lookup(name)
+
+    def list_stocks(self):
+        return {"stocks": self.catalog.stocks()}
+
+    def trade(self, key, name, type, quantity, epoch):  # `type`: the wire's field name
+        outcome = self.catalog.trade(key, name, type, quantity, epoch)
+        if outcome.applied:
+            self.publisher.invalidate(outcome.result["name"])
+        return outcome.result
+
+    def fence(self, epoch):
+        return self.catalog.fence(epoch)
+
+    def trades_since(self, after, limit=None):
+        return self.catalog.trades_since(after, limit)
+
+    # ---- lifecycle --------------------------------------------------------
+    def start(self) -> CatalogService:
+        self.publisher.start()
+        self._snapshotter.start()
+        self.server.start()
+        log.info(
+            "catalog serving on %s, publishing on %s (boot %s)",
+            self.server.endpoint,
+            self.publisher.endpoint,
+            self.boot,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, then commit what is queued and write the last snapshot."""
+        self._stopping.set()
+        self.server.stop()
+        self.catalog.close()
+        self.publisher.stop()
+        self._snapshotter.join(1.0)
+
+    def _snapshot_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self.catalog.wait_snapshot_due(0.2):
+                continue
+            if self._stopping.is_set():
+                return  # close() writes the last one
+            try:
+                self.catalog.write_snapshot()
+            except OSError:
+                # Not fatal: the journal holds every trade and replays on start.
+                log.exception("could not rewrite %s", self.catalog.market_path)
+            self._stopping.wait(SNAPSHOT_MIN_INTERVAL)
+
+    def __enter__(self) -> CatalogService:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run(config: Config, stop: threading.Event) -> None:
+    """The `bazaar catalog` role: serve until `stop` is set."""
+    service = CatalogService(config).start()
+    try:
+        stop.wait()
+    finally:
+        service.stop()
