@@ -518,7 +518,7 @@ class OrderReplica:
             self._flush()
             for w in waiters:
                 self._await(w)
-            if len(trades) < 1000:
+            if not trades or not res.get("more", len(trades) >= 1000):
                 break
             after = trades[-1]["seq"]
         if committed:
