@@ -141,6 +141,7 @@ class Replica:
         self.leader = leader
         self.role = FOLLOWER
         self.commit = -1  # highest acknowledged number while leading
+        self.last_tick = float("-inf")
         self.followers: dict[int, Follower] = {}
         self.follower_timeout = follower_timeout
         self.probe_interval = probe_interval
@@ -250,6 +251,7 @@ class Replica:
         if self.role != RECOVERING:
             raise not_leader(self.leader, self.epoch, "no longer elected")
         self.role = LEADER
+        self.last_tick = now
         self.commit = self.durable if not self.peers else -1
         self.followers = {p: Follower(next=self.last_number + 1) for p in self.peers}
         actions: list = []
@@ -358,6 +360,9 @@ class Replica:
         """Time passed: mark silent followers down, probe down ones, resend stalled streams."""
         if self.role != LEADER:
             return []
+        if now - self.last_tick > self.follower_timeout / 2:
+            self._restart_timers(now)
+        self.last_tick = now
         actions: list = []
         for peer, f in self.followers.items():
             limit = self.follower_timeout if f.alive else self.probe_interval
@@ -369,6 +374,16 @@ class Replica:
                 f.last_probe = now
                 actions += self._send_batch(peer, f, now)
         return actions + self._stream(now) + self._advance_commit()
+
+    def _restart_timers(self, now: float) -> None:
+        """We did not run for a while (paused, starved): the silence may be ours.
+
+        A leader resumed after SIGSTOP must not take its followers' silence
+        for their death and acknowledge alone: give them a full timeout
+        again, in which they answer (and a newer epoch deposes us).
+        """
+        for f in self.followers.values():
+            f.inflight = [(n, now) for n, _ in f.inflight]
 
     def _stream(self, now: float) -> list:
         actions: list = []

@@ -100,11 +100,14 @@ class Sim:
             if not self.deliver_one():
                 return
 
-    def tick(self, dt: float) -> None:
-        self.now += dt
-        for rid, m in self.machines.items():
-            if rid not in self.down:
-                self.perform(rid, m.tick(self.now))
+    def tick(self, dt: float, step: float = 0.02) -> None:
+        """Let `dt` seconds pass, the machines ticking every `step` (a pause: step=dt)."""
+        end = self.now + dt
+        while self.now < end - 1e-9:
+            self.now = min(self.now + step, end)
+            for rid, m in self.machines.items():
+                if rid not in self.down:
+                    self.perform(rid, m.tick(self.now))
 
     # ---- scenario helpers ----------------------------------------------------------
     def elect(self, leader: int, epoch: int) -> None:

@@ -160,6 +160,34 @@ def test_a_follower_with_a_newer_epoch_deposes_the_leader():
     assert (3, 0) in sim.aborted and sim.acked[3] == -1
 
 
+def test_a_paused_leader_does_not_take_its_own_silence_for_dead_followers():
+    sim = Sim(follower_timeout=0.5)
+    sim.elect(3, 1)
+    sim.run()
+    sim.propose(3, "in-flight")
+    sim.flush(3)  # durable on 3; the stream to 1 and 2 is on the wire
+    for rid in (1, 2):  # meanwhile a new leader was elected
+        sim.machines[rid].on_set_leader(2, 2)
+    sim.tick(5.0, step=5.0)  # SIGCONT after five seconds: the first tick sees a big gap
+    assert sim.acked[3] == -1
+    sim.run()  # the followers answer ABORTED: 3 steps down
+    assert sim.machines[3].role == rep.FOLLOWER and sim.acked[3] == -1
+    assert (3, 0) in sim.aborted
+
+
+def test_silent_followers_are_declared_down_only_after_a_timeout_we_lived_through():
+    sim = Sim(follower_timeout=0.5)
+    sim.elect(3, 1)
+    sim.run()
+    sim.crash(1)
+    sim.crash(2)
+    sim.propose(3, "a")
+    sim.flush(3)
+    for _ in range(30):
+        sim.tick(0.02)
+    assert sim.acked[3] == 0
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_lossy_network_converges_and_never_acks_unreplicated(seed):
     rng = random.Random(seed)
