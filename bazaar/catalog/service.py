@@ -214,10 +214,10 @@ class CatalogService:
 
     def _snapshot_loop(self) -> None:
         while not self._stopping.is_set():
-            if not self.catalog.wait_snapshot_due(0.2):
+            if not self.catalog.wait_snapshot_due(1.0):
                 continue
             if self._stopping.is_set():
-                return  # close() writes the last one
+                return  # close() wrote the last one and woke us
             try:
                 self.catalog.write_snapshot()
             except OSError:

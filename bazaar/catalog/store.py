@@ -796,6 +796,7 @@ class Catalog:
                 self.write_snapshot()
         finally:
             os.close(self._lock_fd)
+            self._snapshot_due.set()  # wakes a snapshot thread waiting on it, so it can end
 
     def __enter__(self) -> Catalog:
         return self
