@@ -1,6 +1,8 @@
-"""Launcher: run one order replica (`python order.py --id N`)."""
+"""Thin launcher: `python order.py --id N` runs one order replica (same as `bazaar order`)."""
+
+import sys
 
 from bazaar.cli import main
 
 if __name__ == "__main__":
-    main(["order", *__import__("sys").argv[1:]])
+    main(["order", *sys.argv[1:]])
