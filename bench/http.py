@@ -11,7 +11,9 @@ Rows:
 - the real front end on a real cluster (catalog + three order replicas as
   processes): cached lookup (cache on), uncached lookup (cache 0) and order,
   under waitress, gunicorn gthread and granian (WSGI), and as `bazaar frontend`
-  ships it (bazaar/frontend/server.py).
+  ships it. The waitress and granian rows (baseline included) run the very
+  functions of bazaar/frontend/server.py, with its settings; every server gets
+  the same number of worker threads.
 
     .venv/bin/python bench/http.py [--seconds 3] [--sessions 16] [--servers ...]
     .venv/bin/python bench/http.py --sweep-plots docs/img   # + cache on/off sweep PNGs
@@ -72,9 +74,9 @@ def baseline_app():
 def frontend_app():
     """The real front end's WSGI app, configured from BAZAAR_* like `bazaar frontend`."""
     from bazaar import config
-    from bazaar.frontend import server
+    from bazaar.frontend.app import create_app
 
-    return server.build_app(config.from_env())
+    return create_app(config.from_env())
 
 
 APPS = {"baseline": baseline_app, "frontend": frontend_app}
@@ -83,10 +85,17 @@ APPS = {"baseline": baseline_app, "frontend": frontend_app}
 # ---------------------------------------------------------------------------
 # Servers (each runs in a `serve` subprocess until SIGTERM)
 # ---------------------------------------------------------------------------
-def serve_waitress(make_app, port: int) -> None:
-    from waitress import serve
+def shipped(name: str):
+    """A server function of bazaar/frontend/server.py (the code `bazaar frontend` runs)."""
 
-    serve(make_app(), host="127.0.0.1", port=port, threads=THREADS, _quiet=True)
+    def run(make_app, port: int) -> None:
+        from bazaar.frontend import server
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        getattr(server, name)(make_app(), "127.0.0.1", port, stop)
+
+    return run
 
 
 def serve_dev(make_app, port: int) -> None:
@@ -115,9 +124,10 @@ def serve_gunicorn(make_app, port: int) -> None:
     App().run()
 
 
-def serve_granian(make_app, port: int) -> None:
+def serve_granian_mp(make_app, port: int) -> None:
+    """Granian as its CLI runs it: a main process and a forked worker process."""
     from granian.constants import Interfaces
-    from granian.server import MPServer  # MTServer needs a free-threaded build
+    from granian.server import MPServer  # MTServer.serve() wants a free-threaded build
 
     server = MPServer(
         "bench:app",
@@ -133,10 +143,11 @@ def serve_granian(make_app, port: int) -> None:
 
 
 SERVE = {
-    "waitress": serve_waitress,
+    "waitress": shipped("serve_waitress"),
     "dev": serve_dev,
     "gunicorn": serve_gunicorn,
-    "granian": serve_granian,
+    "granian": shipped("serve_granian"),
+    "granian-mp": serve_granian_mp,
 }
 
 

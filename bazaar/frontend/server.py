@@ -1,19 +1,28 @@
 """Serve the front end with a production WSGI server; stop cleanly on the stop event.
 
 `run(config, stop)` is the role entry point (`bazaar frontend`). The server
-choice lives in `serve()` alone, so a benchmark can swap waitress for another
-server by changing one function. Flask's development server is never used.
+choice lives in `serve()` alone, so a benchmark can swap servers by changing
+one function. Flask's development server is never used.
 
-Shutdown: when `stop` is set, the listening socket and every connection are
-closed from inside waitress's own I/O loop (a trigger thunk, so no cross-thread
-socket access), worker threads get a short grace period, and `run` returns
-well under a second later.
+The server is granian (a Rust HTTP/1 server) chosen by measurement: bench/http.py
+and docs/performance.md ("HTTP") show it serving cached lookups ~2x faster than
+waitress and gunicorn gthread. Its WSGI worker runs as a thread of this process
+(no forked worker, no signal handlers of its own), so the front end stays one
+small process and `serve` keeps working from any thread. waitress stays
+available as `serve_waitress`.
+
+Shutdown: when `stop` is set, granian's worker signal closes the listener and
+every connection; `serve` returns within milliseconds. (waitress: the listening
+socket and every connection are closed from inside its own I/O loop, worker
+threads get a short grace period, well under a second.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 
@@ -30,6 +39,93 @@ SHUTDOWN_GRACE = 0.3
 
 
 def serve(
+    app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
+) -> None:
+    """Run `app` under the production server until `stop` is set."""
+    serve_granian(app, host, port, stop, ready)
+
+
+def serve_granian(
+    app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
+) -> None:
+    """Run `app` under granian, its WSGI worker a thread of this process, until `stop` is set."""
+    from granian.constants import Interfaces, RuntimeModes
+    from granian.net import SocketSpec
+    from granian.server.mt import MTServer
+
+    # MTServer.serve() wants a free-threaded build and the main thread's signals;
+    # one worker thread started by hand needs neither (granian 2.8+ internals,
+    # pinned <3 in pyproject; tests/component/test_frontend.py runs this path).
+    server = MTServer(
+        "bazaar.frontend.app:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=1,
+        blocking_threads=THREADS,
+        runtime_mode=RuntimeModes.mt,
+        log_enabled=False,
+    )
+    try:
+        server._shd = SocketSpec(host, port, server.backlog).build()
+    except RuntimeError as exc:  # the bind error, with a Rust backtrace appended
+        raise OSError(f"cannot listen on {host}:{port}: {str(exc).splitlines()[0]}") from None
+    with socket.socket(fileno=os.dup(server._shd.get_fd())) as sock:
+        effective_port = sock.getsockname()[1]
+    worker = server._spawn_worker(
+        idx=0, target=MTServer._spawn_wsgi_worker, callback_loader=drain_body(app)
+    )
+    worker.inner.start()
+    if ready is not None:
+        ready(effective_port)
+    log.info("front end listening on http://%s:%s (granian, %d threads)", host, port, THREADS)
+    while not stop.wait(0.1):
+        if not worker.inner.is_alive():
+            log.error("granian worker ended unexpectedly")
+            break
+    worker.terminate()
+    worker.join(SHUTDOWN_GRACE)
+
+
+def drain_body(app):
+    """WSGI middleware: read what the app left of the request body before answering.
+
+    For apps that call start_response before returning, as Flask does.
+
+    granian streams the body to the app; an answer given before the body is read
+    (a 413, a 404 on a POST) would leave bytes on a keep-alive connection, and the
+    client would see a reset. waitress buffers bodies itself and needs none of this.
+    Bodies above MAX_REQUEST_BODY are not read to the end: the answer closes the
+    connection instead.
+    """
+
+    def wrapped(environ, start_response):
+        held: list = []
+        result = app(environ, lambda status, headers, exc_info=None: held.append((status, headers)))
+        status, headers = held[-1]
+        if not _drain(environ.get("wsgi.input")):
+            headers = [h for h in headers if h[0].lower() != "connection"]
+            headers.append(("Connection", "close"))
+        start_response(status, headers)
+        return result
+
+    return wrapped
+
+
+def _drain(stream, limit: int = MAX_REQUEST_BODY) -> bool:
+    """Read `stream` to its end, at most `limit` bytes; True when the end was reached."""
+    if stream is None:
+        return True
+    left = limit
+    while left > 0:
+        chunk = stream.read(min(left, 64 * 1024))
+        if not chunk:
+            return True
+        left -= len(chunk)
+    return not stream.read(1)
+
+
+def serve_waitress(
     app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
 ) -> None:
     """Run `app` under waitress until `stop` is set."""
