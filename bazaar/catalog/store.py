@@ -563,9 +563,12 @@ class Catalog:
                 write_market(market_path, market)
                 log.info("%s: created with the default market", market_path)
             trades = load_journal(data_dir / JOURNAL_FILE, market)
+            snapshot = copy_market(market)
             for trade in trades:  # absolute values: the last line per stock wins
                 stock = market[trade.name]
                 stock.quantity, stock.volume = trade.new_quantity, trade.new_volume
+            if market != snapshot:  # the last run died before its snapshot caught up
+                write_market(market_path, market)
             fenced_epoch = read_fence(data_dir / FENCE_FILE)
             journal_fd = os.open(data_dir / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND)
         except BaseException:
