@@ -206,7 +206,7 @@ class OrderLog:
             written = os.pwrite(self._fd, data, self._size)
             while written < len(data):
                 written += os.pwrite(self._fd, data[written:], self._size + written)
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)  # data and the new size; no other metadata needed
         except OSError as exc:
             self._cut_back()
             raise disk_error("append", exc) from None

@@ -444,6 +444,7 @@ class OrderReplica:
 
     def _recover_as_leader(self, epoch: int) -> None:
         """Catch up (promising our epoch to peers), lead, fence the catalog, reconcile."""
+        started = time.monotonic()
         try:
             self._recovery_note = "catching up from peers"
             self.catch_up_from_peers(epoch)
@@ -465,7 +466,8 @@ class OrderReplica:
                 if self._still_leading_locked(epoch):
                     self._serving = True
                     self._changed.notify_all()
-                    log.info("order %s leads epoch %s", self.id, epoch)
+                    took = (time.monotonic() - started) * 1000
+                    log.info("order %s leads epoch %s (recovered in %.0f ms)", self.id, epoch, took)
         except BazaarError as err:
             log.warning("order %s: recovery for epoch %s failed: %s", self.id, epoch, err)
             with self._lock:

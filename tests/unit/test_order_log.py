@@ -82,7 +82,7 @@ def test_failed_write_is_cut_back_and_not_visible(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(orderlog.os, "fsync", full)
+    monkeypatch.setattr(orderlog.os, "fdatasync", full)
     with pytest.raises(BazaarError) as err:
         log.append_durable([rec(1)])
     assert err.value.code == "UNAVAILABLE" and "No space left" in err.value.message
