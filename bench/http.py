@@ -155,8 +155,8 @@ SERVE = {
 # The load generator (`client` subprocess): closed loop, keep-alive
 # ---------------------------------------------------------------------------
 def request_for(kind: str, i: int) -> tuple[str, str, bytes | None]:
-    name = STOCKS[i % len(STOCKS)]
-    if kind == "order":  # sell then buy: the market stays where it was
+    name = STOCKS[(i // 2) % len(STOCKS)]
+    if kind == "order":  # sell then buy the same stock: the market stays where it was
         body = {"name": name, "type": "sell" if i % 2 == 0 else "buy", "quantity": 1}
         return "POST", "/orders", json.dumps(body).encode()
     return "GET", f"/stocks/{name}", None
@@ -215,11 +215,12 @@ def client_main(args) -> None:
 class Result:
     label: str
     server: str
-    rps: float
-    p50_ms: float
+    rps: float  # median over rounds
+    p50_ms: float  # over every sample of every round
     p99_ms: float
     errors: int
-    rss_mb: float
+    rss_mb: float  # the server process (and its children), largest seen
+    rounds: int = 1
 
 
 def run_clients(port: int, kind: str, sessions: int, seconds: float, procs: int) -> dict:
@@ -304,78 +305,104 @@ def stop(proc: subprocess.Popen) -> float:
 
 def start_server(server: str, app: str, port: int, env=None, log=None) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "serve", "--server", server, "--app", app]
-    if server == "bazaar":
+    if server == "shipped":  # exactly what `bazaar frontend` runs
         cmd = [sys.executable, "-m", "bazaar.cli", "frontend"]
     return subprocess.Popen(
-        cmd + ([] if server == "bazaar" else ["--port", str(port)]),
+        cmd + ([] if server == "shipped" else ["--port", str(port)]),
         env=env,
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
 
 
-def measure(label, server, port, proc, kind, args) -> Result:
-    import numpy as np  # not at the top: the servers run this file too
+class Rows:
+    """Samples per (workload, server) row, gathered over interleaved rounds."""
 
-    data = run_clients(port, kind, args.sessions, args.seconds, args.client_procs)
-    lat = data["lat"] * 1000
-    rps = len(lat) / data["seconds"]
-    p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"),) * 2
-    result = Result(label, server, rps, float(p50), float(p99), data["errors"], rss_mb(proc.pid))
-    print(f"  {label:<22} {server:<9} {rps:9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
-    return result
+    def __init__(self):
+        self.data: dict[tuple[str, str], dict] = {}
+
+    def add(self, label: str, server: str, sample: dict, rss: float) -> None:
+        import numpy as np  # not at the top: the servers run this file too
+
+        row = self.data.setdefault((label, server), {"rps": [], "lat": [], "errors": 0, "rss": 0})
+        row["rps"].append(len(sample["lat"]) / sample["seconds"])
+        row["lat"].append(sample["lat"])
+        row["errors"] += sample["errors"]
+        row["rss"] = max(row["rss"], rss)
+        print(
+            f"  {label:<22} {server:<9} {row['rps'][-1]:7.0f} req/s  "
+            f"p50 {np.median(sample['lat']) * 1000 if len(sample['lat']) else float('nan'):6.2f} ms",
+            flush=True,
+        )
+
+    def results(self) -> list[Result]:
+        import numpy as np
+
+        out = []
+        for (label, server), row in self.data.items():
+            lat = np.concatenate(row["lat"]) * 1000
+            p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"),) * 2
+            rps = float(np.median(row["rps"]))
+            out.append(
+                Result(label, server, rps, p50, p99, row["errors"], row["rss"], len(row["rps"]))
+            )
+        return out
 
 
-def bench_baselines(args) -> list[Result]:
-    results = []
+def measure(rows: Rows, label, server, port, proc, kind, args) -> None:
+    sample = run_clients(port, kind, args.sessions, args.seconds, args.client_procs)
+    rows.add(label, server, sample, rss_mb(proc.pid))
+
+
+def bench_baselines(args, rows: Rows) -> None:
+    """One round of the constant-JSON app under each baseline server."""
     for server in args.baseline_servers:
         port = free_port()
         proc = start_server(server, "baseline", port)
         try:
             wait_ready(port, proc, "/health")
-            results.append(measure("baseline constant JSON", server, port, proc, "lookup", args))
+            measure(rows, "baseline constant JSON", server, port, proc, "lookup", args)
         finally:
             stop(proc)
-    return results
 
 
-def bench_frontend(args, tmp: Path) -> tuple[list[Result], dict[str, float]]:
-    """The real front end under each server, on one cluster (restarted front ends)."""
+FRONTEND_ROWS = ((100, ("lookup", "order")), (0, ("lookup",)))
+
+
+def bench_frontend(args, cluster, rows: Rows, tmp: Path) -> dict[str, float]:
+    """One round of the real front end under each server (catalog and orders keep running)."""
+    stop_times: dict[str, float] = {}
+    for server in args.servers:
+        for cache, kinds in FRONTEND_ROWS:
+            env = cluster.env("frontend")
+            env["BAZAAR_CACHE_SIZE"] = str(cache)
+            with open(tmp / f"frontend-{server}-{cache}.log", "ab") as log:
+                proc = start_server(server, "frontend", cluster.http_port, env, log)
+            try:
+                wait_ready(cluster.http_port, proc, "/health")
+                for kind in kinds:
+                    label = "order" if kind == "order" else "lookup uncached"
+                    if kind == "lookup" and cache:
+                        label = "lookup cached"
+                    measure(rows, label, server, cluster.http_port, proc, kind, args)
+            finally:
+                stop_times[server] = stop(proc)
+    return stop_times
+
+
+def shipped_footprint(tmp: Path) -> tuple[float, float]:
+    """The five services as `bazaar` runs them: total RSS after a little load (MB), and
+    how long `bazaar frontend` takes to exit on SIGTERM (s)."""
     from tests.system.cluster import Cluster
 
-    cluster = Cluster(tmp / "cluster")
-    results, stop_times = [], {}
-    try:
-        for name in ("catalog", "order1", "order2", "order3"):
-            cluster.start(name)
-        for server in [*args.servers, "bazaar"]:
-            for cache, kinds in ((100, ("lookup", "order")), (0, ("lookup",))):
-                env = cluster.env("frontend")
-                env["BAZAAR_CACHE_SIZE"] = str(cache)
-                with open(tmp / f"frontend-{server}-{cache}.log", "ab") as log:
-                    proc = start_server(server, "frontend", cluster.http_port, env, log)
-                try:
-                    wait_ready(cluster.http_port, proc, "/health")
-                    for kind in kinds:
-                        label = "order" if kind == "order" else f"lookup cache {cache or 'off'}"
-                        port = cluster.http_port
-                        results.append(measure(label, server, port, proc, kind, args))
-                finally:
-                    stop_times[server] = max(stop_times.get(server, 0.0), stop(proc))
-    finally:
-        cluster.stop_all()
-    return results, stop_times
-
-
-def cluster_rss(tmp: Path) -> float:
-    """Total RSS of the five services as `bazaar` runs them, idle after a little load."""
-    from tests.system.cluster import Cluster
-
+    (tmp / "rss").mkdir()
     cluster = Cluster(tmp / "rss")
     try:
         cluster.start_all()
         run_clients(cluster.http_port, "order", 4, 1.0, 1)
-        return sum(rss_mb(p.pid) for p in cluster.procs.values())
+        run_clients(cluster.http_port, "lookup", 4, 1.0, 1)
+        total = sum(rss_mb(p.pid) for p in cluster.procs.values())
+        return total, stop(cluster.procs["frontend"])
     finally:
         cluster.stop_all()
 
@@ -386,6 +413,7 @@ def sweep_plots(out_dir: Path, tmp: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for cache, name in ((100, "on"), (0, "off")):
+        (tmp / f"sweep-{name}").mkdir()
         with Cluster(tmp / f"sweep-{name}", cache_size=cache) as cluster:
             cluster.start_all()
             cmd = [sys.executable, "-m", "bazaar.cli", "load", "--url", cluster.url]
@@ -401,6 +429,7 @@ def sweep_plots(out_dir: Path, tmp: Path) -> None:
 
 
 def table(results: list[Result]) -> str:
+    """Markdown: median req/s over rounds; p50/p99 over all samples."""
     lines = [
         f"| {'workload':<22} | {'server':<9} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} "
         f"| {'errors':>6} | {'RSS MB':>6} |",
@@ -421,7 +450,7 @@ def goals(results: list[Result]) -> str:
 
     floor = rps("baseline constant JSON", "waitress")
     dev = rps("baseline constant JSON", "dev")
-    cached = {r.server: r.rps for r in results if r.label == "lookup cache 100"}
+    cached = {r.server: r.rps for r in results if r.label == "lookup cached"}
     if not cached:
         return "no front-end rows: goals not checked"
     best = max(cached, key=cached.get)
@@ -435,19 +464,31 @@ def goals(results: list[Result]) -> str:
 
 
 def run_main(args) -> None:
+    from tests.system.cluster import Cluster
+
     t0 = time.monotonic()
     print(
         f"closed loop: {args.sessions} keep-alive sessions in {args.client_procs} client "
-        f"process(es), {args.seconds}s per row after a 0.5s warm-up; servers {THREADS} threads",
+        f"process(es); {args.rounds} interleaved rounds of {args.seconds}s per row after a "
+        f"0.5s warm-up; servers {THREADS} threads",
         flush=True,
     )
+    rows = Rows()
+    stop_times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = Path(tmpdir)
-        results = bench_baselines(args)
-        stop_times: dict[str, float] = {}
-        if not args.baselines_only:
-            front, stop_times = bench_frontend(args, tmp)
-            results += front
+        (tmp / "cluster").mkdir()
+        with Cluster(tmp / "cluster") as cluster:
+            if not args.baselines_only:
+                for name in ("catalog", "order1", "order2", "order3"):
+                    cluster.start(name)
+            for n in range(args.rounds):
+                print(f"round {n + 1}/{args.rounds}", flush=True)
+                bench_baselines(args, rows)
+                if not args.baselines_only:
+                    for server, took in bench_frontend(args, cluster, rows, tmp).items():
+                        stop_times[server] = max(stop_times.get(server, 0.0), took)
+        results = rows.results()
         print()
         print(table(results))
         print()
@@ -455,7 +496,9 @@ def run_main(args) -> None:
         for server, seconds in stop_times.items():
             print(f"SIGTERM to exit, front end under {server}: {seconds * 1000:.0f} ms (worst)")
         if not args.baselines_only:
-            print(f"five services' RSS after load: {cluster_rss(tmp):.0f} MB (budget 150 MB)")
+            rss, took = shipped_footprint(tmp)
+            print(f"`bazaar frontend` SIGTERM to exit: {took * 1000:.0f} ms")
+            print(f"five services' RSS after load, as shipped: {rss:.0f} MB (budget 150 MB)")
         if args.sweep_plots:
             sweep_plots(Path(args.sweep_plots), tmp)
     print(f"bench took {time.monotonic() - t0:.0f}s")
@@ -476,7 +519,8 @@ def parse_args(argv=None):
     client.add_argument("--warmup", type=float, default=0.5)
     client.add_argument("--offset", type=int, default=0)
     parser.add_argument("--sessions", type=int, default=16, help="closed-loop sessions")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per row")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--servers", default=",".join(SERVERS), help="front-end servers to compare")
     parser.add_argument("--baselines-only", action="store_true")
