@@ -132,3 +132,26 @@ class Sim:
         self.down.discard(rid)
         epoch, leader = self.saved.get(rid, (0, None))
         self.machines[rid] = rep.Replica(rid, self.ids, self.disk[rid], epoch, leader, **machine_kw)
+
+    # ---- failover ---------------------------------------------------------------------
+    def peer_log(self, rid: int) -> rep.PeerLog:
+        """What `catch_up` of `rid` answers: its durable records and their epoch runs."""
+        disk = self.disk[rid]
+        runs: list[list[int]] = []
+        for r in disk:
+            if not runs or runs[-1][0] != r.epoch:
+                runs.append([r.epoch, r.number])
+        return rep.PeerLog(rid, len(disk) - 1, runs, list(disk))
+
+    def fail_over(self, leader: int, epoch: int) -> None:
+        """The front end elects `leader`; it recovers from the live peers, then leads."""
+        live = [r for r in self.ids if r not in self.down]
+        for rid in live:
+            self.perform(rid, self.machines[rid].on_set_leader(leader, epoch))
+        machine = self.machines[leader]
+        answers = [self.peer_log(p) for p in live if p != leader]
+        truncate, best = rep.plan_catch_up(machine, answers)
+        if best is not None:
+            self.perform(leader, machine.adopt(truncate, best.records))
+        self.flush(leader)
+        self.perform(leader, machine.start_leading(self.now))
