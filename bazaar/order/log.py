@@ -119,15 +119,21 @@ class OrderLog:
     # ---- loading --------------------------------------------------------
     def load(self) -> OrderLog:
         """Read the file (creating it if missing), cut a torn tail, build the index."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.path.read_bytes() if self.path.exists() else b""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = self.path.read_bytes() if self.path.exists() else b""
+        except OSError as exc:
+            raise disk_error(f"read {self.path}", exc) from None
         records, good_size = self._parse(data)
         if good_size != len(data):
             self.repaired = True
             log.warning("%s: cutting a torn tail of %d bytes", self.path, len(data) - good_size)
         self.records = records
         self.by_key = {r.key: r.number for r in records}
-        self._open(good_size)
+        try:
+            self._open(good_size)
+        except OSError as exc:
+            raise disk_error(f"open {self.path} for writing", exc) from None
         return self
 
     def _parse(self, data: bytes) -> tuple[list[Record], int]:
@@ -255,6 +261,8 @@ class ReplicaState:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return 0, None
+        except OSError as exc:
+            raise disk_error(f"read {self.path}", exc) from None
         except ValueError as exc:
             raise LogCorrupt(f"{self.path}: not JSON: {exc}") from None
         epoch, leader = data.get("epoch"), data.get("leader")

@@ -162,11 +162,12 @@ class OrderReplica:
         with self._lock:
             self._changed.notify_all()
         self._wake()
+        deadline = time.monotonic() + 0.6  # the CLI must return well under a second
         server = getattr(self, "server", None)
         if server is not None:
-            server.stop(0.5)
-        for t in self._threads:
-            t.join(0.5)
+            server.stop(0.3)
+        for t in self._threads:  # daemons: one blocked on a peer does not hold us up
+            t.join(max(0.0, deadline - time.monotonic()))
         self.catalog.close()
         for c in self.peer_clients.values():
             c.close()
