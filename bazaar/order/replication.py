@@ -219,6 +219,9 @@ class Replica:
     # ---- follower side ------------------------------------------------------
     def on_replicate(self, msg: Replicate) -> tuple[list, ReplicateReply]:
         """Apply a batch. Returns actions and the reply to send once they are durable."""
+        numbers = [r.number for r in msg.records]
+        if numbers != list(range(msg.prev_number + 1, msg.prev_number + 1 + len(numbers))):
+            raise BazaarError("INVALID_ARGUMENT", "records must follow prev_number, consecutively")
         actions = self._check_epoch(msg.epoch, msg.leader)
         if msg.prev_number > self.last_number:
             return actions, ReplicateReply(self.epoch, False, self.last_number, -1)

@@ -57,6 +57,13 @@ def test_gap_answers_with_own_last_number():
     assert actions == [] and reply == rep.ReplicateReply(1, False, 0, -1)
 
 
+def test_a_batch_that_does_not_follow_prev_is_refused_and_changes_nothing():
+    m = rep.Replica(1, [1, 2, 3], [r(0)], epoch=1, leader=3)
+    with pytest.raises(BazaarError) as err:
+        m.on_replicate(rep.Replicate(2, 3, 0, 1, (r(2), r(3))))
+    assert err.value.code == "INVALID_ARGUMENT" and (m.epoch, m.last_number) == (1, 0)
+
+
 def test_duplicates_are_ignored():
     m = rep.Replica(1, [1, 2, 3], [r(0), r(1)], epoch=1, leader=3)
     actions, reply = m.on_replicate(rep.Replicate(1, 3, -1, None, (r(0), r(1), r(2))))
