@@ -297,3 +297,35 @@ def test_leader_disk_failure_is_a_clear_error_and_leadership_moves(trio):
     repair()
     trio.order(2)
     trio.wait_identical()
+
+
+def test_concurrent_orders_share_fsyncs_and_stay_gapless(trio):
+    trio.elect(3)
+    leader = trio.replicas[3]
+    writes = []
+    original = leader.log.append_durable
+
+    def counting(records):
+        if records:
+            writes.append(len(records))
+        return original(records)
+
+    leader.log.append_durable = counting
+    numbers, errors = [], []
+
+    def session():
+        try:
+            for _ in range(25):
+                numbers.append(trio.order(3, type="sell"))
+        except BazaarError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=session) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(numbers) == list(range(400))
+    assert sum(writes) == 400 and len(writes) < 400  # group commit: fewer fsyncs than orders
+    trio.wait_identical()
