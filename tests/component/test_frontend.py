@@ -476,3 +476,42 @@ def test_server_stops_quickly_with_open_connections(world):
     fe.thread.join(5)
     assert not fe.thread.is_alive()
     assert time.monotonic() - start < 1.0
+
+
+def test_concurrent_failures_cause_one_election(world):
+    catalog, replicas, log, frontend = world
+    fe = frontend()
+    wait_until(lambda: healthy(fe), 10)
+    replicas[3].kill()
+    results: list = []
+
+    def client(i):
+        results.append(fe.http("POST", "/orders", BUY, headers={"Idempotency-Key": f"c-{i}"}))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [s for s, _ in results] == [200] * 8, results
+    assert sorted(b["data"]["transaction_number"] for _, b in results) == list(range(8))
+    assert replicas[2].set_leader_calls == [(3, 1), (2, 2)]  # one election, one new epoch
+
+
+def test_get_order_fails_over_too(world):
+    catalog, replicas, log, frontend = world
+    fe = frontend()
+    wait_until(lambda: healthy(fe), 10)
+    assert fe.http("POST", "/orders", BUY)[0] == 200
+    replicas[3].kill()
+    status, body = fe.http("GET", "/orders/0")
+    assert status == 200 and body["data"]["number"] == 0
+    assert fe.router.leader == 2
+
+
+def test_replica_that_missed_set_leader_is_told(world):
+    catalog, replicas, log, frontend = world
+    fe = frontend()
+    wait_until(lambda: healthy(fe), 10)
+    replicas[1].leader, replicas[1].epoch = None, 0  # as if restarted with no state
+    wait_until(lambda: (replicas[1].leader, replicas[1].epoch) == (3, 1), 5, msg="monitor fix-up")
