@@ -129,6 +129,17 @@ def test_cache_serves_repeated_lookups(api):
     assert api.health()["data"]["cache"]["hits"] >= hits + 3
 
 
+def test_feed_in_step_with_catalog_never_flushes(api):
+    """Heartbeats repeat the last invalidation's seq: steady trading causes no flush."""
+    wait_until(lambda: api.health()["data"]["cache"].get("live"), 10)
+    flushes = api.health()["data"]["cache"]["flushes"]
+    for _ in range(3):
+        assert buy(api, "GameStart", 1, "sell")[0] == 200
+    time.sleep(2.5)  # two heartbeats must pass: this test is about time passing
+    cache = api.health()["data"]["cache"]
+    assert cache["live"] and cache["flushes"] == flushes
+
+
 # ---- error rows ----------------------------------------------------------------
 def test_not_found_rows(api):
     error_of(api.http("GET", "/stocks/NoSuchStock"), 404)
