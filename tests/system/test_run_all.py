@@ -90,3 +90,29 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_service_failing_at_start_stops_the_run():
+    """A child that exits during start-up (here: a call to nobody) ends run-all with status 1."""
+    import io
+
+    from bazaar.supervise import Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(
+        [
+            ("ok", ["call", "--timeout", "30", "tcp://127.0.0.1:9", "ping"]),
+            ("bad", ["call", "--timeout", "0.2", "tcp://127.0.0.1:9", "ping"]),
+        ],
+        out=out,
+    )
+    try:
+        sup.start()
+        assert sup.watch() == 1
+    finally:
+        sup.shutdown()
+    assert all(proc.poll() is not None for proc in sup.procs.values())
+    text = out.getvalue()
+    assert "bad      | UNAVAILABLE" in text or "bad | UNAVAILABLE" in text, text
+    assert "bad failed to start" in text
+    assert "all services stopped" in text
