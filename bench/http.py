@@ -17,6 +17,7 @@ Rows:
 
     .venv/bin/python bench/http.py [--seconds 3] [--sessions 16] [--servers ...]
     .venv/bin/python bench/http.py --sweep-plots docs/img   # + cache on/off sweep PNGs
+    .venv/bin/python bench/http.py sweep docs/img           # only the sweep PNGs
 
 Goals (issue 4): cached lookups >= 1.5x the Flask+waitress floor's throughput
 and >= 3x the development server's.
@@ -424,7 +425,7 @@ def sweep_plots(out_dir: Path, tmp: Path) -> None:
                 "--plot",
                 str(out_dir / f"sweep-cache-{name}.png"),
             ]
-            print(f"$ {' '.join(cmd[1:])}   # cache {name}", flush=True)
+            print(f"$ bazaar {' '.join(cmd[3:])}   # cache {name}", flush=True)
             subprocess.run(cmd, check=True)
 
 
@@ -511,6 +512,8 @@ def parse_args(argv=None):
     serve.add_argument("--server", choices=sorted(SERVE), required=True)
     serve.add_argument("--app", choices=sorted(APPS), required=True)
     serve.add_argument("--port", type=int, required=True)
+    sweep = sub.add_parser("sweep", help="only the cache on/off `bazaar load --sweep` plots")
+    sweep.add_argument("dir", help="where sweep-cache-on.png and sweep-cache-off.png go")
     client = sub.add_parser("client", help="(internal) one load-generator process")
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--kind", choices=("lookup", "order"), required=True)
@@ -542,6 +545,9 @@ def main(argv=None) -> None:
         SERVE[args.server](APPS[args.app], args.port)
     elif args.cmd == "client":
         client_main(args)
+    elif args.cmd == "sweep":
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+            sweep_plots(Path(args.dir), Path(tmp))
     else:
         run_main(args)
 

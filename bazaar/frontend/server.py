@@ -93,7 +93,7 @@ def serve_granian(
 
 
 def drain_body(app):
-    """WSGI middleware: read what the app left of the request body before answering.
+    """WSGI middleware for granian: read what the app left of the request body.
 
     For apps that call start_response before returning, as Flask does.
 
@@ -105,6 +105,8 @@ def drain_body(app):
     """
 
     def wrapped(environ, start_response):
+        if not _has_body(environ):  # GET lookups: no body, no read (a round trip into Rust)
+            return app(environ, start_response)
         held: list = []
         result = app(environ, lambda status, headers, exc_info=None: held.append((status, headers)))
         status, headers = held[-1]
@@ -115,6 +117,11 @@ def drain_body(app):
         return result
 
     return wrapped
+
+
+def _has_body(environ) -> bool:
+    length = environ.get("CONTENT_LENGTH") or "0"
+    return length != "0" or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def _drain(stream, limit: int = MAX_REQUEST_BODY) -> bool:
