@@ -111,7 +111,7 @@ class OrderRouter:
             leader, _ = current
             if leader is None:
                 try:
-                    self.elect(current)
+                    self.elect(current, deadline)
                 except BazaarError as err:
                     last = err
                     backoff = _sleep(backoff, deadline)
@@ -128,7 +128,7 @@ class OrderRouter:
                 if not err.remote or err.code == "ABORTED" or err.details.get("not_leader"):
                     log.info("%s on replica %s failed (%s): electing", method, leader, err)
                     try:
-                        if self.elect(current) == current:
+                        if self.elect(current, deadline) == current:
                             # Same leader kept (alive, e.g. recovering): give it a moment.
                             backoff = _sleep(backoff, deadline)
                     except BazaarError as elect_err:
@@ -160,16 +160,24 @@ class OrderRouter:
                 out[rid] = None
         return out
 
-    def elect(self, observed: tuple[int | None, int]) -> tuple[int | None, int]:
+    def elect(
+        self, observed: tuple[int | None, int], deadline: float | None = None
+    ) -> tuple[int | None, int]:
         """Elect a leader unless someone already replaced `observed`; return the result.
 
-        Raises UNAVAILABLE when no replica is live.
+        Waits for a running election at most until `deadline` (monotonic).
+        Raises UNAVAILABLE when no replica is live or the wait ran out.
         """
-        with self._election_lock:
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._election_lock.acquire(timeout=wait):
+            raise BazaarError("UNAVAILABLE", "leader election still in progress")
+        try:
             if self._current != observed:
                 return self._current
             self.elections += 1
             return self._elect_locked()
+        finally:
+            self._election_lock.release()
 
     def _elect_locked(self) -> tuple[int, int]:
         for _round in range(5):
