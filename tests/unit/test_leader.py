@@ -1,0 +1,189 @@
+"""OrderRouter election and retry rules with fake replica clients: no sockets, no waiting."""
+
+from __future__ import annotations
+
+import pytest
+
+from bazaar.errors import BazaarError
+from bazaar.frontend.leader import OrderRouter
+
+
+def remote(code, message="", **details):
+    err = BazaarError(code, message, details or None)
+    err.remote = True
+    return err
+
+
+class FakeReplica:
+    """Answers like docs/architecture.md's order replica; `down` = unreachable."""
+
+    def __init__(self, rid, epoch=0, leader=None):
+        self.rid, self.epoch, self.leader = rid, epoch, leader
+        self.down = False
+        self.hidden_epoch = None  # an accepted epoch its status does not show yet
+        self.order_errors: list[BazaarError] = []
+        self.calls: list[tuple] = []
+
+    def call(self, method, /, *, timeout=None, idempotent=False, **args):
+        return self.call_args(method, args, timeout=timeout, idempotent=idempotent)
+
+    def call_args(self, method, args, *, timeout=None, idempotent=False):
+        self.calls.append((method, dict(args)))
+        if self.down:
+            raise BazaarError("UNAVAILABLE", f"replica {self.rid} unreachable")
+        if method == "status":
+            return {"id": self.rid, "leader": self.leader, "epoch": self.epoch, "last_number": None}
+        if method == "set_leader":
+            known = max(self.epoch, self.hidden_epoch or 0)
+            if args["epoch"] < known or (
+                args["epoch"] == self.epoch and args["leader"] != self.leader
+            ):
+                raise remote("ABORTED", "stale", epoch=known)
+            self.leader, self.epoch = args["leader"], args["epoch"]
+            return {"leader": self.leader, "epoch": self.epoch, "last_number": None}
+        if method == "order":
+            if self.order_errors:
+                raise self.order_errors.pop(0)
+            if self.leader != self.rid:
+                raise remote("UNAVAILABLE", "not leader", not_leader=True, leader=self.leader)
+            return {"transaction_number": 0}
+        raise AssertionError(method)
+
+    def set_leader_calls(self):
+        return [(a["leader"], a["epoch"]) for m, a in self.calls if m == "set_leader"]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def make_router():
+    made = []
+
+    def factory(*replicas, deadline=1.0):
+        router = OrderRouter(
+            {r.rid: f"tcp://127.0.0.1:{9000 + r.rid}" for r in replicas}, deadline=deadline
+        )
+        for client in router.clients.values():
+            client.close()
+        router.clients = {r.rid: r for r in replicas}
+        made.append(router)
+        return router
+
+    yield factory
+    for router in made:
+        router.close()
+
+
+def test_first_election_highest_live_epoch_1(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 1)
+    assert r3.set_leader_calls() == [(3, 1)]
+    assert r1.set_leader_calls() == [(3, 1)] and r2.set_leader_calls() == [(3, 1)]
+
+
+def test_epoch_is_one_above_everything_seen(make_router):
+    r1, r2, r3 = FakeReplica(1, epoch=7, leader=2), FakeReplica(2, epoch=4), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 8)
+
+
+def test_dead_highest_is_skipped(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r3.down = True
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (2, 1)
+    assert r3.set_leader_calls() == [(2, 1)]  # tried (and failed) as a follower only
+
+
+def test_aborted_raises_epoch_above_the_replicas(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r3.hidden_epoch = 5
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 6)
+
+
+def test_follower_with_higher_epoch_forces_a_new_round(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r1.hidden_epoch = 9
+    router = make_router(r1, r2, r3)
+    leader, epoch = router.elect((None, 0))
+    assert leader == 3 and epoch >= 10
+    assert (r1.leader, r1.epoch) == (3, epoch)
+
+
+def test_agreement_is_adopted_and_stale_followers_told(make_router):
+    r1, r2, r3 = FakeReplica(1, 4, 3), FakeReplica(2, 2, 3), FakeReplica(3, 4, 3)
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 4)
+    assert r3.set_leader_calls() == [] and r1.set_leader_calls() == []
+    assert r2.set_leader_calls() == [(3, 4)]
+
+
+def test_stale_claim_is_not_adopted(make_router):
+    # 3 still thinks it leads epoch 4, but 1 accepted epoch 5 (3 was paused meanwhile).
+    r1, r2, r3 = FakeReplica(1, 5, 2), FakeReplica(2), FakeReplica(3, 4, 3)
+    r2.down = True
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 6)
+
+
+def test_no_live_replica_is_unavailable(make_router):
+    replicas = [FakeReplica(i) for i in (1, 2, 3)]
+    for r in replicas:
+        r.down = True
+    router = make_router(*replicas)
+    with pytest.raises(BazaarError) as info:
+        router.elect((None, 0))
+    assert info.value.code == "UNAVAILABLE"
+
+
+def test_elect_is_skipped_when_someone_already_replaced_the_leader(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    router.elect((None, 0))
+    calls = len(r3.calls)
+    assert router.elect((2, 0)) == (3, 1)  # a stale observation: nothing happens
+    assert len(r3.calls) == calls
+
+
+def test_order_retries_same_leader_on_plain_unavailable(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    router.elect((None, 0))
+    r3.order_errors = [remote("UNAVAILABLE", "catalog down")] * 2
+    assert router.order("k", "GameStart", "buy", 1) == {"transaction_number": 0}
+    assert router.elections == 1
+
+
+def test_order_gives_up_at_deadline_with_503(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3, deadline=0.3)
+    router.elect((None, 0))
+    r3.order_errors = [remote("UNAVAILABLE", "catalog down")] * 100
+    with pytest.raises(BazaarError) as info:
+        router.order("k", "GameStart", "buy", 1)
+    assert info.value.http_status == 503
+
+
+def test_order_business_errors_are_not_retried(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    router.elect((None, 0))
+    r3.order_errors = [remote("FAILED_PRECONDITION", "not enough stock")]
+    with pytest.raises(BazaarError) as info:
+        router.order("k", "GameStart", "buy", 1)
+    assert info.value.code == "FAILED_PRECONDITION"
+    assert sum(1 for m, _ in r3.calls if m == "order") == 1
+
+
+def test_unreachable_leader_fails_over_with_same_key(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3)
+    router.elect((None, 0))
+    r3.down = True
+    assert router.order("key-7", "GameStart", "buy", 1) == {"transaction_number": 0}
+    assert (router.leader, router.epoch) == (2, 2)
+    keys = [a["key"] for m, a in r3.calls + r2.calls if m == "order"]
+    assert keys == ["key-7", "key-7"]
