@@ -337,3 +337,23 @@ def test_health_503_when_catalog_down(client, parts):
 def test_health_503_when_no_leader(client, parts):
     parts[1].leader = None
     assert client.get("/health").status_code == 503
+
+
+# ---- the cached-lookup fast path ------------------------------------------------
+def test_fast_path_serves_the_same_response_and_counts_once(client, parts):
+    catalog, _, cache = parts
+    first = client.get("/stocks/GameStart")  # miss: through Flask, fills the cache
+    second = client.get("/stocks/GameStart")  # hit: served by the middleware
+    assert first.data == second.data
+    assert second.mimetype == "application/json"
+    assert int(second.headers["Content-Length"]) == len(second.data)
+    assert (cache.stats()["hits"], cache.stats()["misses"], catalog.lookups) == (1, 1, 1)
+
+
+def test_fast_path_leaves_other_requests_to_flask(client, parts):
+    catalog, _, cache = parts
+    client.get("/stocks/GameStart")
+    assert client.head("/stocks/GameStart").status_code == 200
+    assert_error(client.get("/stocks/GameStart/x"), 404)
+    assert_error(client.post("/stocks/GameStart"), 405)
+    assert_error(client.get("/stocks/Gäme"), 404)
