@@ -45,9 +45,13 @@ COPY --from=build /opt/bazaar /opt/bazaar
 
 # PYTHONUNBUFFERED: logs reach `docker logs` as they happen.
 # PYTHONDONTWRITEBYTECODE: the venv is precompiled and read-only to the user.
+# MALLOC_ARENA_MAX=2: glibc gives each thread that allocates its own arena;
+# with worker pools that is a few MB of RSS per service for nothing
+# (docs/performance.md, Footprint).
 ENV PATH=/opt/bazaar/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2 \
     BAZAAR_DATA_DIR=/data \
     BAZAAR_HTTP_PORT=8080
 

@@ -49,12 +49,31 @@ def health(url: str):
     return status, data
 
 
+def summary(status, data) -> str:
+    """One line of /health: what changed while waiting (printed to stderr)."""
+    if not data:
+        return f"http {status}"
+    order = data.get("order") or {}
+    replicas = " ".join(
+        f"{rid}:{'up' if r.get('up') else 'down'}/{r.get('role')}"
+        for rid, r in sorted((order.get("replicas") or {}).items())
+    )
+    catalog = "up" if (data.get("catalog") or {}).get("up") else "down"
+    return f"{data.get('status')} catalog:{catalog} leader:{order.get('leader')} {replicas}"
+
+
 def cmd_wait_health(args) -> int:
-    deadline = time.monotonic() + args.timeout
+    start = time.monotonic()
+    deadline = start + args.timeout
     last = None
+    shown = None
     while time.monotonic() < deadline:
         status, data = health(args.url)
         last = (status, data)
+        line = summary(status, data)
+        if line != shown:
+            print(f"  {time.monotonic() - start:5.1f}s /health: {line}", file=sys.stderr)
+            shown = line
         if data:
             if args.want == "ok" and data.get("status") == "ok":
                 print(json.dumps(data))
