@@ -203,6 +203,35 @@ def test_chaos_kill_leader_twenty_times(cluster, trading, seed, chaos_only):
     check_invariants(cluster, trading)
 
 
+@pytest.mark.chaos
+def test_chaos_mixed_faults(cluster, trading, seed, chaos_only):
+    """One fault at a time, chosen at random: kill or pause the leader, kill a
+    follower, kill the catalog; each healed before the next."""
+    rng = random.Random(seed)
+    for i in range(20):
+        leader = leader_of(cluster)
+        fault = rng.choice(("kill-leader", "pause-leader", "kill-follower", "kill-catalog"))
+        victim = {
+            "kill-leader": f"order{leader}",
+            "pause-leader": f"order{leader}",
+            "kill-follower": f"order{rng.choice([r for r in (1, 2, 3) if r != leader])}",
+            "kill-catalog": "catalog",
+        }[fault]
+        print(f"round {i}: {fault} ({victim})")
+        time.sleep(rng.uniform(0.0, 0.5))
+        if fault == "pause-leader":
+            cluster.signal(victim, signal.SIGSTOP)
+            time.sleep(rng.uniform(2.5, 5.0))
+            cluster.signal(victim, signal.SIGCONT)
+        else:
+            cluster.kill(victim)
+            time.sleep(rng.uniform(0.2, 2.0))
+            cluster.start(victim)
+        trading.wait_progress(10, timeout=60)
+    trading.finish()
+    check_invariants(cluster, trading)
+
+
 def test_paused_leader_is_fenced(cluster, trading):
     old = leader_of(cluster)
     cluster.signal(f"order{old}", signal.SIGSTOP)
