@@ -508,7 +508,11 @@ def plot_sweep(reports: Sequence[Report], path: str, title: str = "") -> None:
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    ax.set_title(title or "bazaar load: p50 latency vs order probability")
+    first = reports[0] if reports else None
+    default = "bazaar load: p50 latency vs order probability"
+    if first is not None:
+        default += f"\n{first.sessions} sessions x {first.requests} iterations, seed {first.seed}"
+    ax.set_title(title or default)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
