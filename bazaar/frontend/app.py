@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,7 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from bazaar.config import Config
 from bazaar.errors import BazaarError, invalid, not_found
 from bazaar.frontend.cache import InvalidationFeed, LookupCache
-from bazaar.frontend.leader import OrderRouter
+from bazaar.frontend.leader import OrderRouter, in_parallel
 from bazaar.rpc import Client
 
 log = logging.getLogger(__name__)
@@ -169,16 +168,14 @@ def create_app(
     if orders is None:
         orders = OrderRouter(config.order_replicas).start()
         owned.append(orders)
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
     app.extensions["bazaar"] = {
         "catalog": catalog,
         "orders": orders,
         "cache": cache,
         "owned": owned,
-        "pool": pool,
     }
     _register_errors(app)
-    _register_routes(app, catalog, orders, cache, pool)
+    _register_routes(app, catalog, orders, cache)
     app.wsgi_app = serve_cached_lookups(app.wsgi_app, cache)  # type: ignore[method-assign]
     return app
 
@@ -218,7 +215,6 @@ def close_app(app: Flask) -> None:
     ext = app.extensions["bazaar"]
     for thing in ext["owned"]:
         (getattr(thing, "stop", None) or thing.close)()
-    ext["pool"].shutdown(wait=False, cancel_futures=True)
 
 
 def _register_errors(app: Flask) -> None:
@@ -249,7 +245,7 @@ def _register_errors(app: Flask) -> None:
         return error_response(500, f"internal error: {type(exc).__name__}")
 
 
-def _register_routes(app: Flask, catalog, orders, cache: LookupCache, pool) -> None:
+def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
     @app.get("/stocks/<name>")
     def lookup(name: str):
         body = None if request.environ.get("bazaar.cache_checked") else cache.get(name)
@@ -279,11 +275,11 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache, pool) -> N
 
     @app.get("/health")
     def health():
-        data, status = health_report(catalog, orders, cache, pool)
+        data, status = health_report(catalog, orders, cache)
         return _body({"data": data}, status)
 
 
-def health_report(catalog, orders, cache: LookupCache, pool) -> tuple[dict[str, Any], int]:
+def health_report(catalog, orders, cache: LookupCache) -> tuple[dict[str, Any], int]:
     """SPEC section 1 /health body and its HTTP status (503 when orders cannot be taken)."""
 
     def catalog_up() -> bool:
@@ -293,9 +289,10 @@ def health_report(catalog, orders, cache: LookupCache, pool) -> tuple[dict[str, 
         except BazaarError:
             return False
 
-    catalog_future = pool.submit(catalog_up)
-    statuses = orders.statuses(HEALTH_TIMEOUT)
-    cat_up = catalog_future.result()
+    checks = {"catalog": catalog_up, "orders": lambda: orders.statuses(HEALTH_TIMEOUT)}
+    done = in_parallel(lambda name: checks[name](), checks, HEALTH_TIMEOUT + 2.0)
+    cat_up = bool(done["catalog"])
+    statuses = done["orders"] or {}
     leader, epoch = orders.leader, orders.epoch
     replicas = {
         str(rid): {

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bazaar.errors import BazaarError
@@ -60,7 +60,6 @@ class OrderRouter:
         }
         self._current: tuple[int | None, int] = (None, 0)
         self._election_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(16, 4 * len(self.clients)))
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._leader_misses = 0
@@ -86,8 +85,9 @@ class OrderRouter:
     def close(self) -> None:
         self._stop.set()
         if self._monitor is not None:
-            self._monitor.join(2.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            # It may be waiting on a status call; it is a daemon and checks
+            # `_stop` between rounds, so shutdown does not wait for that call.
+            self._monitor.join(0.1)
         for client in self.clients.values():
             client.close()
 
@@ -151,14 +151,7 @@ class OrderRouter:
                 return None
             return result if isinstance(result, dict) else None
 
-        futures = {rid: self._pool.submit(one, rid) for rid in self.clients}
-        out: dict[int, dict[str, Any] | None] = {}
-        for rid, fut in futures.items():
-            try:
-                out[rid] = fut.result(timeout + 1.0)
-            except Exception:
-                out[rid] = None
-        return out
+        return in_parallel(one, self.clients, timeout + 1.0)
 
     def elect(
         self, observed: tuple[int | None, int], deadline: float | None = None
@@ -250,7 +243,8 @@ class OrderRouter:
                     return _int(err.details.get("epoch"))
             return None
 
-        higher = [e for e in self._pool.map(one, targets) if e is not None and e >= epoch]
+        answers = in_parallel(one, targets, self.status_timeout * 2 + 1.0).values()
+        higher = [e for e in answers if e is not None and e >= epoch]
         if higher:
             # Raise our epoch above theirs; the caller re-runs the election.
             self._current = (self.leader, max(higher))
@@ -297,6 +291,29 @@ class OrderRouter:
         with self._election_lock:
             if self._current == current:
                 self._inform_others(leader, epoch, live)
+
+
+def in_parallel(func: Callable[[Any], Any], items: Iterable[Any], timeout: float) -> dict[Any, Any]:
+    """`{item: func(item)}` computed on daemon threads; None for any not done in `timeout`.
+
+    Daemon threads, not an executor: a call still waiting on a dead peer must
+    never hold up the process exit (SIGTERM stops the front end at once).
+    """
+    results: dict[Any, Any] = {}
+
+    def run(item: Any) -> None:
+        try:
+            results[item] = func(item)
+        except Exception:
+            log.exception("parallel call failed")
+
+    threads = [threading.Thread(target=run, args=(item,), daemon=True) for item in items]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return {item: results.get(item) for item in items} if threads else {}
 
 
 def _int(value: Any) -> int:
