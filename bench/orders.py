@@ -9,7 +9,7 @@ fails over). Prints one table:
 - the client-visible stall after `kill -9` of the leader: from the last
   acknowledgement before the kill to the first one after it.
 
-    .venv/bin/python bench/orders.py [--seconds 5] [--catalog real|fake]
+    .venv/bin/python bench/orders.py [--rounds 3] [--seconds 3] [--catalog real|fake]
 
 `--catalog fake` uses an in-memory catalog without fsync (isolates the order
 service); `real` (the default when `bazaar.catalog` exists) runs the catalog.
@@ -255,10 +255,14 @@ def run_setup(replicas: int, catalog: str, seconds: float, count: int) -> dict:
             dep.stop()
 
 
+SETUPS = ((3, "3 replicas, fsync"), (1, "1 replica (no replication)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--count", type=int, default=1000, help="orders for the latency run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
+    parser.add_argument("--count", type=int, default=500, help="orders per latency run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     default_catalog = "real" if importlib.util.find_spec("bazaar.catalog.service") else "fake"
     parser.add_argument("--catalog", choices=("real", "fake"), default=default_catalog)
     parser.add_argument("--serve-fake-catalog", type=int, help=argparse.SUPPRESS)
@@ -266,18 +270,30 @@ def main() -> None:
     if args.serve_fake_catalog:
         serve_fake_catalog(args.serve_fake_catalog)
         return
-    rows = []
-    for replicas, label in ((3, "3 replicas, fsync"), (1, "1 replica (no replication)")):
-        res = run_setup(replicas, args.catalog, args.seconds, args.count)
-        rows.append((label, res))
+    results: dict[str, list[dict]] = {label: [] for _, label in SETUPS}
+    for _round in range(args.rounds):  # interleaved, so background load hits both alike
+        for replicas, label in SETUPS:
+            results[label].append(run_setup(replicas, args.catalog, args.seconds, args.count))
     print(
-        f"\norders over RPC via the front end's router, catalog: {args.catalog}, {os.cpu_count()} cores"
+        f"\norders over RPC through the front end's OrderRouter; catalog: {args.catalog}; "
+        f"median of {args.rounds} interleaved rounds; {os.cpu_count()} cores"
     )
-    print("| setup | p50 ms (1 session) | p99 ms | orders/s (16 sessions) | stall after kill -9 |")
+    print(
+        "| setup | p50 ms (1 session) | p99 ms (1 session) | orders/s (16 sessions) | stall after kill -9 of the leader |"
+    )
     print("|---|---|---|---|---|")
-    for label, r in rows:
-        stall = f"{r['stall'] * 1000:.0f} ms" if r["stall"] is not None else "n/a"
-        print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['tput']:.0f} | {stall} |")
+    for _, label in SETUPS:
+        runs = results[label]
+
+        def med(key, runs=runs):
+            values = [r[key] for r in runs if r[key] is not None]
+            return float(np.median(values)) if values else None
+
+        stall = med("stall")
+        stall_text = f"{stall * 1000:.0f} ms" if stall is not None else "n/a"
+        print(
+            f"| {label} | {med('p50'):.2f} | {med('p99'):.2f} | {med('tput'):.0f} | {stall_text} |"
+        )
 
 
 if __name__ == "__main__":
