@@ -222,6 +222,12 @@ def test_unavailable_rows(tmp_path):
         assert time.monotonic() - start < 30
         status, body = c.http("GET", "/health", timeout=10)
         assert status == 503 and body["data"]["status"] == "unavailable"
+        # SIGTERM stops the front end well under a second, even with calls to dead peers pending.
+        frontend = c.procs["frontend"]
+        start = time.monotonic()
+        frontend.terminate()
+        assert frontend.wait(5) == 0
+        assert time.monotonic() - start < 1.0
     finally:
         for proc in c.procs.values():
             if proc.poll() is None:
