@@ -87,7 +87,7 @@ def import_costs() -> str:
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
     )
     lines = ["| module | RSS after import MB |", "|---|---:|"]
-    for mod in ("-", "zmq", "msgpack", "flask", "waitress", *ROLE_MODULES.values()):
+    for mod in ("-", "zmq", "msgpack", "flask", "granian", *ROLE_MODULES.values()):
         res = subprocess.run(
             [sys.executable, "-c", code, mod], capture_output=True, text=True, cwd=ROOT
         )
@@ -97,11 +97,15 @@ def import_costs() -> str:
 
 
 def containers_table(path: str) -> str:
+    """The `name rss_kb pss_kb` lines that scripts/container-test.sh writes."""
     rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-    lines = ["| container | RSS MB |", "|---|---:|"]
-    lines += [f"| {name} | {mb(int(kb)).strip()} |" for name, kb in rows]
-    total = sum(int(kb) for _, kb in rows)
-    lines.append(f"| **total** | **{mb(total).strip()}** |")
+    lines = ["| container | RSS MB | PSS MB |", "|---|---:|---:|"]
+    lines += [
+        f"| {name} | {mb(int(rss)).strip()} | {mb(int(pss)).strip()} |" for name, rss, pss in rows
+    ]
+    rss_total = sum(int(r[1]) for r in rows)
+    pss_total = sum(int(r[2]) for r in rows)
+    lines.append(f"| **total** | **{mb(rss_total).strip()}** | **{mb(pss_total).strip()}** |")
     return "\n".join(lines)
 
 
