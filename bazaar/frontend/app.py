@@ -41,6 +41,11 @@ LOOKUP_TIMEOUT = 3.0
 HEALTH_TIMEOUT = 1.0
 ORDER_FIELDS = frozenset({"name", "quantity", "type"})
 ORDER_TYPES = ("buy", "sell")
+STOCK_FIELDS = ("name", "price", "quantity", "volume", "max_volume")
+# Answers after which the catalog certainly did not change.
+NO_TRADE_CODES = frozenset(
+    {"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
+)
 
 _FORM_INT = re.compile(r"[+-]?[0-9]{1,19}")
 _ORDER_NUMBER = re.compile(r"-?[0-9]{1,30}")
@@ -251,7 +256,8 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
         body = None if request.environ.get("bazaar.cache_checked") else cache.get(name)
         if body is None:
             token = cache.begin(name)
-            data = catalog.call("lookup", name=name, timeout=LOOKUP_TIMEOUT, idempotent=True)
+            stock = catalog.call("lookup", name=name, timeout=LOOKUP_TIMEOUT, idempotent=True)
+            data = {k: stock.get(k) for k in STOCK_FIELDS}
             body = json.dumps({"data": data}, separators=(",", ":")).encode()
             cache.fill(name, body, token)
         return Response(body, mimetype=_JSON)
@@ -262,9 +268,12 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
         fields = parse_order_body(request.content_type or "", request.get_data(cache=False))
         try:
             result = orders.order(key, fields["name"], fields["type"], fields["quantity"])
-        finally:
-            # Our own invalidation closes the window before the catalog's arrives.
-            cache.invalidate(fields["name"])
+        except BazaarError as err:
+            if err.code not in NO_TRADE_CODES:  # the outcome is unknown: it may have traded
+                cache.invalidate(fields["name"])
+            raise
+        # Our own invalidation closes the window before the catalog's arrives.
+        cache.invalidate(fields["name"])
         return _body({"data": {"transaction_number": result["transaction_number"]}})
 
     @app.get("/orders/<number>")

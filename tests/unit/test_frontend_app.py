@@ -357,3 +357,15 @@ def test_fast_path_leaves_other_requests_to_flask(client, parts):
     assert_error(client.get("/stocks/GameStart/x"), 404)
     assert_error(client.post("/stocks/GameStart"), 405)
     assert_error(client.get("/stocks/Gäme"), 404)
+
+
+@pytest.mark.parametrize(
+    ("code", "drops"), [("FAILED_PRECONDITION", False), ("DEADLINE_EXCEEDED", True)]
+)
+def test_failed_order_drops_entry_only_when_it_may_have_traded(client, parts, code, drops):
+    catalog, orders, cache = parts
+    client.get("/stocks/GameStart")
+    orders.fail = BazaarError(code, "x")
+    order(client, GOOD)
+    client.get("/stocks/GameStart")
+    assert catalog.lookups == (2 if drops else 1)
