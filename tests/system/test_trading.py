@@ -112,3 +112,19 @@ def test_concurrent_buys_never_oversell(cluster):
     data = cluster.http("GET", "/stocks/BoarCo")[1]["data"]
     assert data["quantity"] == 0
     assert data["volume"] == 100
+
+
+def test_restarted_front_end_adopts_the_leader_and_numbering_continues(cluster):
+    status, body = cluster.http("POST", "/orders", {"name": "FishCo", "quantity": 1, "type": "buy"})
+    assert status == 200, body
+    first = body["data"]["transaction_number"]
+    before = cluster.health()["data"]["order"]
+    cluster.restart("frontend")  # SIGKILL, then start again on the same port
+    cluster.wait_healthy(60)
+    after = cluster.health()["data"]["order"]
+    assert (after["leader"], after["epoch"]) == (before["leader"], before["epoch"])
+    status, body = cluster.http(
+        "POST", "/orders", {"name": "FishCo", "quantity": 1, "type": "sell"}
+    )
+    assert status == 200, body
+    assert body["data"]["transaction_number"] == first + 1
