@@ -5,7 +5,7 @@ choice lives in `serve()` alone, so a benchmark can swap servers by changing
 one function. Flask's development server is never used.
 
 The server is granian (a Rust HTTP/1 server) chosen by measurement: bench/http.py
-and docs/performance.md ("HTTP") show it serving cached lookups ~2x faster than
+and docs/performance.md ("HTTP") show it serving cached lookups 1.5-2.6x faster than
 waitress and gunicorn gthread. Its WSGI worker runs as a thread of this process
 (no forked worker, no signal handlers of its own), so the front end stays one
 small process and `serve` keeps working from any thread. waitress stays
