@@ -291,8 +291,11 @@ def small_disks(tmp_path):
     for rid in (1, 2, 3):
         path = tmp_path / f"order{rid}"
         path.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)])
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)]
+        res = subprocess.run(cmd, capture_output=True)
         if res.returncode != 0:
+            for done in mounted:
+                subprocess.run(["umount", "-l", str(done)])
             pytest.skip("mount is not permitted here")
         mounted.append(path)
     yield
