@@ -111,7 +111,10 @@ class OrderReplica:
         self._disk_error: BazaarError | None = None
         self._disk_errors = 0
         self._disk_error_at = float("-inf")
-        self._trade_watermark = 0
+        self._trade_watermark = 0  # see _compute_watermark
+        self._watermark_epoch: int | None = None
+        self._scanned = 0
+        self._seqs: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.catalog = rpc.Client(config.catalog, timeout=CATALOG_TIMEOUT, context=self._ctx)
         self.peer_clients = {
@@ -529,14 +532,26 @@ class OrderReplica:
         return committed
 
     def _compute_watermark(self) -> int:
-        """Highest catalog seq S such that trades 1..S all have records in our log."""
+        """Highest catalog seq S such that trades 1..S all have records in our log.
+
+        Rebuilt from the whole log once per leadership (a follower's log may
+        have been cut), then extended with the records appended since: while
+        we lead, our log only grows.
+        """
         with self._lock:
-            seqs = {r.trade_seq for r in self.machine.records if r.trade_seq is not None}
-        w = self._trade_watermark
-        while w + 1 in seqs:
-            w += 1
-        self._trade_watermark = w
-        return w
+            epoch, records = self.machine.epoch, self.machine.records
+            if self._watermark_epoch != epoch:
+                self._watermark_epoch, self._scanned, self._seqs = epoch, 0, set()
+                self._trade_watermark = 0
+            fresh = records[self._scanned :]
+            self._scanned = len(records)
+            self._seqs.update(r.trade_seq for r in fresh if r.trade_seq is not None)
+            w = self._trade_watermark
+            while w + 1 in self._seqs:
+                self._seqs.discard(w + 1)
+                w += 1
+            self._trade_watermark = w
+            return w
 
     def _leader_loop(self) -> None:
         """While leading: reconcile orphaned trades every RECONCILE_EVERY seconds."""
