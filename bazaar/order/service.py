@@ -1,15 +1,18 @@
 """One order replica: RPC methods, group commit, replication I/O, recovery.
 
 Owns the wiring of an order replica: the `rpc.Server` (`order`, `get_order`,
-`set_leader`, `replicate`, `catch_up`, `status`), the writer thread that
-group-commits the log, the replication thread that moves `replicate`
-messages to followers over DEALER sockets, and leader recovery (catch-up,
-catalog fence, reconciliation of orphaned trades).
+`set_leader`, `replicate`, `catch_up`, `status`), group commit (the first
+thread with queued records writes and fsyncs everyone's), the replication
+thread that moves `replicate` messages to followers over DEALER sockets and
+ticks the machine's clock, and leader recovery (catch-up, catalog fence,
+reconciliation of orphaned trades).
 
 It never decides replication questions itself: every such decision is a
 call into `bazaar.order.replication.Replica` under one lock, and this
-module only performs the actions that come back. Blocking work (disk, the
-catalog, peers) never happens under that lock.
+module only performs the actions that come back. Blocking work (log writes,
+the catalog, peers) never happens under that lock; the one exception is
+saving a newly accepted epoch, which must be durable before the machine
+acts on it.
 """
 
 from __future__ import annotations
