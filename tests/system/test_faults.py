@@ -197,14 +197,14 @@ def test_kill_leader_repeatedly(cluster, trading, seed):
 
 
 @pytest.mark.chaos
-def test_chaos_kill_leader_twenty_times(cluster, trading, seed, chaos_only):
+def test_chaos_kill_leader_twenty_times(chaos_only, cluster, trading, seed):
     kill_leader_rounds(cluster, trading, 22, random.Random(seed))
     trading.finish()
     check_invariants(cluster, trading)
 
 
 @pytest.mark.chaos
-def test_chaos_mixed_faults(cluster, trading, seed, chaos_only):
+def test_chaos_mixed_faults(chaos_only, cluster, trading, seed):
     """One fault at a time, chosen at random: kill or pause the leader, kill a
     follower, kill the catalog; each healed before the next."""
     rng = random.Random(seed)
