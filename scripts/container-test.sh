@@ -243,21 +243,22 @@ for s in catalog order1 order2 order3 frontend; do
 done
 
 say "bazaar load (verified)"
-"$VENV/bin/bazaar" load --url "$URL" --sessions 4 --requests 40 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
+"$VENV/bin/bazaar" load --url "$URL" --sessions 8 --requests 100 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
     || { cat "$WORK/load1.log" >&2; die "load run failed verification"; }
 grep -E '^(lookup|order|get_order)|verif' "$WORK/load1.log" | sed 's/^/    /' >&2 || true
 
-say "footprint after the mixed load (RSS of each container's processes)"
+say "footprint after the mixed load (RSS and PSS of each container's processes)"
 for s in catalog order1 order2 order3 frontend; do
     pid="$(podman inspect -f '{{.State.Pid}}' "$(ctr "$s")")"
-    rss=0
+    rss=0 pss=0
     for p in $pid $(pgrep -P "$pid" 2>/dev/null); do
         rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+        pss=$((pss + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
     done
-    printf '    %-9s %6.1f MB\n' "$s" "$(awk -v k="$rss" 'BEGIN {print k/1024}')" >&2
-    echo "$s $rss" >>"$WORK/footprint.txt"
+    echo "$s $rss $pss" >>"$WORK/footprint.txt"
 done
-awk '{t += $2} END {printf "    %-9s %6.1f MB\n", "total", t/1024}' "$WORK/footprint.txt" >&2
+awk '{printf "    %-9s RSS %6.1f MB  PSS %6.1f MB\n", $1, $2/1024, $3/1024; r += $2; p += $3}
+     END {printf "    %-9s RSS %6.1f MB  PSS %6.1f MB\n", "total", r/1024, p/1024}' "$WORK/footprint.txt" >&2
 [[ -n "${BAZAAR_FOOTPRINT_OUT:-}" ]] && cp "$WORK/footprint.txt" "$BAZAAR_FOOTPRINT_OUT"
 
 say "orders acknowledged before the failover"
