@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import http.client
+import json
 import signal
 import time
 import urllib.parse
@@ -198,6 +200,23 @@ def test_route_and_method_rows(api):
 
 def test_body_too_large_is_413(api):
     error_of(api.http("POST", "/orders", b'{"name":"' + b"x" * 200_000 + b'"}'), 413)
+
+
+def chunked_post(api, parts):
+    conn = http.client.HTTPConnection("127.0.0.1", api.http_port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", "/orders", body=iter(parts), headers=headers, encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_chunked_bodies(api):
+    body = json.dumps({"name": "GameStart", "quantity": 1, "type": "sell"}).encode()
+    assert chunked_post(api, [body[:7], body[7:]])[0] == 200
+    error_of(chunked_post(api, [b'{"name": "'] + [b"x" * 4096] * 10 + [b'"}']), 413)
 
 
 # ---- unavailable rows: their own cluster, since they stop services ----------------
