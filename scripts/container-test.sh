@@ -84,6 +84,10 @@ firewall_chains() { { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } |
 CHAINS_BEFORE="$(firewall_chains)"
 FORWARD_BEFORE="$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo)"
 NETNS_BEFORE="$(ls /run/netns 2>/dev/null | sort || true)"
+# Paths rootful podman uses whatever its config says (netavark's IPAM state,
+# the blob-info cache): removed afterwards unless they were here before.
+HOST_PATHS_NEW=()
+for d in /run/containers /var/lib/containers; do [[ -e "$d" ]] || HOST_PATHS_NEW+=("$d"); done
 
 remove_new_chains() {
     # netavark leaves its NETAVARK_* base chains after the last network goes.
@@ -139,7 +143,7 @@ cleanup() {
         ip link delete "$link" 2>/dev/null
     done
     [[ -n "$FORWARD_BEFORE" ]] && echo "$FORWARD_BEFORE" >/proc/sys/net/ipv4/ip_forward 2>/dev/null
-    rm -rf "$WORK"
+    rm -rf "$WORK" "${HOST_PATHS_NEW[@]}"
     if [[ $rc -eq 0 ]]; then say "PASS ($((SECONDS - T0))s)"; else say "FAILED (exit $rc) after $((SECONDS - T0))s"; fi
     exit "$rc"
 }
