@@ -328,7 +328,10 @@ def health_report(catalog, orders, cache: LookupCache) -> tuple[dict[str, Any], 
         }
         for rid, st in sorted(statuses.items())
     }
-    leader_up = leader is not None and statuses.get(leader) is not None
+    # The leader must answer and still see itself as leader (a replica restarted
+    # in the same epoch does not, until the next election).
+    leader_status = statuses.get(leader) if leader is not None else None
+    leader_up = leader_status is not None and leader_status.get("leader") == leader
     if not (cat_up and leader_up):
         state = "unavailable"
     elif all(st is not None for st in statuses.values()):

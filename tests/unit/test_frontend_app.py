@@ -59,7 +59,9 @@ class FakeOrders:
 
     def statuses(self, timeout=None):
         return {
-            rid: ({"id": rid, "last_number": None, "role": "x"} if up else None)
+            rid: (
+                {"id": rid, "last_number": None, "role": "x", "leader": self.leader} if up else None
+            )
             for rid, up in self.replica_up.items()
         }
 
@@ -332,6 +334,13 @@ def test_health_503_when_catalog_down(client, parts):
     resp = client.get("/health")
     assert resp.status_code == 503
     assert resp.get_json()["data"]["catalog"] == {"up": False}
+
+
+def test_health_503_when_leader_no_longer_leads(client, parts):
+    parts[1].leader = 3
+    real = parts[1].statuses
+    parts[1].statuses = lambda timeout=None: {**real(), 3: {"id": 3, "leader": None, "epoch": 1}}
+    assert client.get("/health").status_code == 503
 
 
 def test_health_503_when_no_leader(client, parts):
