@@ -9,47 +9,41 @@ Rules of this module:
 - Every response body is JSON: `{"data": ...}` or `{"error": {"code", "message"}}`,
   including 404/405/413 and unexpected exceptions; never HTML, never a traceback.
 - RPC errors become HTTP statuses through `BazaarError.http_status` only.
-- Input is validated here, strictly, before any RPC: exact field set, real
-  ints (bools are not), bounded sizes.
+- Input is validated (`bazaar.frontend.validation`) before any RPC.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from typing import Any
-from urllib.parse import parse_qsl
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from bazaar.config import Config
-from bazaar.errors import BazaarError, invalid, not_found
+from bazaar.errors import BazaarError
 from bazaar.frontend.cache import InvalidationFeed, LookupCache
 from bazaar.frontend.leader import OrderRouter, in_parallel
+from bazaar.frontend.validation import (
+    MAX_BODY_BYTES,
+    order_key,
+    parse_order_body,
+    parse_order_number,
+    read_body,
+)
 from bazaar.rpc import Client
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024
-MAX_NAME_LEN = 128
-MAX_QUANTITY = 1_000_000_000
-MAX_KEY_LEN = 200
 LOOKUP_TIMEOUT = 3.0
 HEALTH_TIMEOUT = 1.0
-ORDER_FIELDS = frozenset({"name", "quantity", "type"})
-ORDER_TYPES = ("buy", "sell")
 STOCK_FIELDS = ("name", "price", "quantity", "volume", "max_volume")
 # Answers after which the catalog certainly did not change.
 NO_TRADE_CODES = frozenset(
     {"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
 )
 
-_FORM_INT = re.compile(r"[+-]?[0-9]{1,19}")
-_ORDER_NUMBER = re.compile(r"-?[0-9]{1,30}")
-_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LEN}}}")
 _JSON = "application/json"
 
 
@@ -60,109 +54,6 @@ def _body(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return _body({"error": {"code": status, "message": message}}, status, headers)
-
-
-# ---- validation ---------------------------------------------------------
-def parse_order_body(content_type: str, raw: bytes) -> dict[str, Any]:
-    """The order fields from a JSON or form body, validated; raises INVALID_ARGUMENT."""
-    mimetype = content_type.split(";", 1)[0].strip().lower()
-    if mimetype == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
-        fields = _parse_form(raw)
-    else:  # JSON is canonical; a form-typed JSON body is what `curl -d '{...}'` sends
-        fields = _parse_json(raw)
-    return validate_order(fields)
-
-
-def _parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise invalid("request body must be a JSON object with name, quantity and type")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise invalid(f"malformed JSON: {str(exc)[:200]}") from None
-
-
-def _parse_form(raw: bytes) -> dict[str, Any]:
-    try:
-        pairs = parse_qsl(
-            raw.decode("utf-8"),
-            keep_blank_values=True,
-            strict_parsing=True,
-            max_num_fields=len(ORDER_FIELDS) + 1,
-            errors="strict",
-        )
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"malformed form body: {str(exc)[:200]}") from None
-    fields: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in fields:
-            raise invalid(f"field {key[:50]!r} given twice")
-        fields[key] = value
-    quantity = fields.get("quantity")
-    if isinstance(quantity, str):
-        if not _FORM_INT.fullmatch(quantity):
-            raise invalid("quantity must be a base-10 integer")
-        fields["quantity"] = int(quantity, 10)
-    return fields
-
-
-def validate_order(fields: Any) -> dict[str, Any]:
-    if not isinstance(fields, dict):
-        raise invalid("request body must be a JSON object")
-    extra = set(fields) - ORDER_FIELDS
-    if extra:
-        names = ", ".join(sorted(repr(str(k)[:50]) for k in extra)[:5])
-        raise invalid(f"unknown field(s): {names}")
-    missing = ORDER_FIELDS - set(fields)
-    if missing:
-        raise invalid(f"missing field(s): {', '.join(sorted(missing))}")
-    name, quantity, kind = fields["name"], fields["quantity"], fields["type"]
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
-        raise invalid(f"name must be a non-empty string of at most {MAX_NAME_LEN} characters")
-    if not isinstance(quantity, int) or isinstance(quantity, bool):
-        raise invalid("quantity must be an integer")
-    if quantity <= 0:
-        raise invalid("quantity must be > 0")
-    if quantity > MAX_QUANTITY:
-        raise invalid(f"quantity must be at most {MAX_QUANTITY}")
-    if kind not in ORDER_TYPES:
-        raise invalid('type must be "buy" or "sell"')
-    return {"name": name, "quantity": quantity, "type": kind}
-
-
-def read_body(stream) -> bytes:
-    """The request body, at most MAX_BODY_BYTES (413 beyond), chunked or not."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_BODY_BYTES:
-        chunk = stream.read(MAX_BODY_BYTES + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > MAX_BODY_BYTES:
-        raise RequestEntityTooLarge()
-    return b"".join(chunks)
-
-
-def order_key(header: str | None) -> str:
-    """The client's Idempotency-Key, checked; or a fresh one of our own."""
-    if header is None:
-        return uuid.uuid4().hex
-    if not _KEY.fullmatch(header):
-        raise invalid(f"Idempotency-Key must be 1-{MAX_KEY_LEN} printable ASCII characters")
-    return header
-
-
-def parse_order_number(text: str) -> int:
-    if not _ORDER_NUMBER.fullmatch(text):
-        raise invalid("order number must be an integer")
-    number = int(text, 10)
-    if number < 0:
-        raise invalid("order number must be >= 0")
-    if number >= 2**63:
-        raise not_found(f"no order {text[:40]}")
-    return number
 
 
 # ---- the app ------------------------------------------------------------
