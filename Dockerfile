@@ -8,6 +8,14 @@
 # registry images cannot be pulled.
 ARG BASE_IMAGE=python:3.12-slim
 
+# ---- requirements: the dependency list alone, out of pyproject.toml --------
+# Its output only changes when the dependencies do, so a version bump or a
+# dev-tool change does not throw away the dependency layer below.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt
+
 # ---- build: a self-contained venv in /opt/bazaar ---------------------------
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -16,14 +24,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/bazaar
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml alone: this layer is rebuilt
-# only when the dependencies change, not on every source edit.
-COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && /opt/bazaar/bin/pip install --no-compile -r requirements.txt setuptools wheel
+# Dependencies first, in a layer of their own: cached until they change.
+COPY --from=requirements /src/requirements.txt ./
+RUN /opt/bazaar/bin/pip install --no-compile -r requirements.txt setuptools wheel
 
 # Then the source. Not editable: the final image holds no /src.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY bazaar ./bazaar
 RUN /opt/bazaar/bin/pip install --no-compile --no-deps --no-build-isolation . \
  && /opt/bazaar/bin/pip uninstall --yes setuptools wheel pip \
