@@ -79,36 +79,6 @@ COMPOSE=("$PODMAN_COMPOSE" --project-name "$PROJECT" --file "$ROOT/docker-compos
 export BAZAAR_IMAGE="$IMAGE" BAZAAR_HTTP_PUBLISH="127.0.0.1:$PORT"
 compose_up=
 
-# What the host looked like before, so teardown can put it back exactly.
-firewall_chains() { { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:/ {print $1}' | sort -u; }
-CHAINS_BEFORE="$(firewall_chains)"
-FORWARD_BEFORE="$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo)"
-NETNS_BEFORE="$(ls /run/netns 2>/dev/null | sort || true)"
-# Paths rootful podman uses whatever its config says (netavark's IPAM state,
-# the blob-info cache): removed afterwards unless they were here before.
-HOST_PATHS_NEW=()
-for d in /run/containers /var/lib/containers; do [[ -e "$d" ]] || HOST_PATHS_NEW+=("$d"); done
-
-remove_new_chains() {
-    # netavark leaves its NETAVARK_* base chains after the last network goes.
-    local cmd save table chain new
-    for cmd in iptables ip6tables; do
-        command -v "$cmd-save" >/dev/null || continue
-        for table in filter nat mangle; do
-            save="$("$cmd-save" -t "$table" 2>/dev/null)" || continue
-            new="$(comm -13 <(echo "$CHAINS_BEFORE") <(awk '/^:/ {print $1}' <<<"$save" | sort -u) | sed 's/^://')"
-            [[ -n "$new" ]] || continue
-            for chain in $new; do  # rules jumping into a new chain, from anywhere
-                grep -E -- "-j $chain( |\$)" <<<"$save" | sed 's/^-A //' | while read -r rule; do
-                    eval "$cmd -t $table -D $rule" 2>/dev/null || true
-                done
-            done
-            for chain in $new; do "$cmd" -t "$table" -F "$chain" 2>/dev/null || true; done
-            for chain in $new; do "$cmd" -t "$table" -X "$chain" 2>/dev/null || true; done
-        done
-    done
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -120,30 +90,14 @@ cleanup() {
             podman logs --tail 25 "$c" 2>&1 | sed 's/^/    /' >&2
         done
         if [[ "${BAZAAR_KEEP:-}" == 1 ]]; then
-            say "BAZAAR_KEEP=1: stack left running; clean up with: source scripts/podman-env.sh $PODMAN_ENV_DIR && podman system reset -f && rm -rf $WORK"
+            say "BAZAAR_KEEP=1: stack left running; clean up with: source scripts/podman-env.sh $PODMAN_ENV_DIR && podman_env_teardown; rm -rf $WORK"
             exit "$rc"
         fi
     fi
-    say "teardown: containers, volumes, networks, images, storage"
+    say "teardown: containers, volumes, networks, images, storage, host leftovers"
     [[ -n "$compose_up" ]] && timeout 60 "${COMPOSE[@]}" down --volumes --timeout 2 >/dev/null 2>&1
-    timeout 60 podman rm --all --force --time 0 >/dev/null 2>&1
-    timeout 30 podman volume rm --all --force >/dev/null 2>&1
-    for n in $(podman network ls --format '{{.Name}}' 2>/dev/null); do
-        [[ "$n" == podman ]] || podman network rm --force "$n" >/dev/null 2>&1
-    done
-    timeout 60 podman rmi --all --force >/dev/null 2>&1
-    timeout 60 podman system reset --force >/dev/null 2>&1
-    # Anything still mounted under our dir (overlay layers, shm) goes first.
-    grep -F " $WORK" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
-    for ns in $(comm -13 <(echo "$NETNS_BEFORE") <(ls /run/netns 2>/dev/null | sort)); do
-        ip netns delete "$ns" 2>/dev/null
-    done
-    remove_new_chains
-    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^podman[0-9]+$'); do
-        ip link delete "$link" 2>/dev/null
-    done
-    [[ -n "$FORWARD_BEFORE" ]] && echo "$FORWARD_BEFORE" >/proc/sys/net/ipv4/ip_forward 2>/dev/null
-    rm -rf "$WORK" "${HOST_PATHS_NEW[@]}"
+    podman_env_teardown
+    rm -rf "$WORK"
     if [[ $rc -eq 0 ]]; then say "PASS ($((SECONDS - T0))s)"; else say "FAILED (exit $rc) after $((SECONDS - T0))s"; fi
     exit "$rc"
 }
