@@ -37,6 +37,7 @@ fmt: venv
 bench: venv
 	$(BIN)/python bench/rpc.py
 	$(BIN)/python bench/http.py
+	$(BIN)/python bench/orders.py
 
 chaos: venv  ## long fault-injection runs
 	$(BIN)/pytest -q -m chaos tests/system
