@@ -40,6 +40,7 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 def readable(sock: zmq.Socket) -> bool:
@@ -65,6 +66,8 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
 
 
 DEFAULT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 0.3  # seconds to wait for a connection that is not up yet
+LIVENESS_SLICE = 0.05  # seconds between "is the peer still connected?" checks
 
 
 def harden(sock: zmq.Socket) -> zmq.Socket:
@@ -343,10 +346,12 @@ class Client:
         endpoint: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
         context: zmq.Context | None = None,
     ):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._ctx = context or zmq.Context.instance()
         self._idle: list[zmq.Socket] = []
         self._lock = threading.Lock()
@@ -393,9 +398,16 @@ class Client:
 
     # ---- calls --------------------------------------------------------
     def call(
-        self, method: str, /, *, timeout: float | None = None, idempotent: bool = False, **args
+        self,
+        method: str,
+        /,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        retry: bool | None = None,
+        **args,
     ) -> Any:
-        return self.call_args(method, args, timeout=timeout, idempotent=idempotent)
+        return self.call_args(method, args, timeout=timeout, idempotent=idempotent, retry=retry)
 
     def call_args(
         self,
@@ -404,16 +416,18 @@ class Client:
         *,
         timeout: float | None = None,
         idempotent: bool = False,
+        retry: bool | None = None,
     ) -> Any:
         """Call `method` and return its result, or raise BazaarError.
 
         Retries (within the same overall timeout) only when the call is
         marked idempotent or carries a `key`, since only then can a request
-        that may already have run be safely sent again.
+        that may already have run be safely sent again. `retry=False` turns
+        that off for callers with their own failover (the front end's router).
         """
         total = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + total
-        retryable = idempotent or "key" in args
+        retryable = (idempotent or "key" in args) if retry is None else retry
         attempt_budget = max(total / 3, 0.05) if retryable else total
         while True:
             remaining = deadline - time.monotonic()
@@ -434,7 +448,10 @@ class Client:
             return
         except zmq.Again:
             pass
-        if not sock.poll(int(budget * 1000), zmq.POLLOUT):
+        # Not connected (yet): a live peer on a reachable host completes the
+        # handshake in milliseconds, in zmq's I/O threads, however busy its
+        # Python is; waiting the whole budget would only delay failover.
+        if not sock.poll(int(min(budget, self.connect_timeout) * 1000), zmq.POLLOUT):
             raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
         send_frames(sock, [b"", payload])
 
@@ -500,10 +517,17 @@ class Client:
                         "DEADLINE_EXCEEDED", f"no reply from {self.endpoint} to {method} in time"
                     )
                 # A blocking recv with a timeout wakes up sooner than poll + recv.
-                sock.rcvtimeo = int(left * 1000) + 1
+                # It waits in slices: with IMMEDIATE set, a DEALER loses POLLOUT
+                # the moment its only peer disconnects, so a killed server is
+                # noticed within one slice instead of at the end of the budget.
+                sock.rcvtimeo = int(min(left, LIVENESS_SLICE) * 1000) + 1
                 try:
                     frames = sock.recv_multipart()
                 except zmq.Again:
+                    if not sock.getsockopt(_EVENTS) & _POLLOUT:
+                        raise BazaarError(
+                            "UNAVAILABLE", f"connection to {self.endpoint} lost during {method}"
+                        ) from None
                     continue
                 reply = wire.decode_reply(frames[-1])
                 if reply.id != req_id:

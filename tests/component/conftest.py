@@ -18,7 +18,7 @@ def server():
         return value
 
     @srv.method()
-    def slow(seconds: float):
+    def slow(seconds: float, key: str | None = None):
         with lock:
             calls["slow"] += 1
         release.wait(seconds)

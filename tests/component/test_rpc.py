@@ -21,7 +21,7 @@ def test_ping_and_methods(client):
     assert client.call("ping") == {"service": "demo", "id": 7, "version": "0.1.0"}
     methods = {m["name"]: m["args"] for m in client.call("methods")}
     assert methods["echo"] == ["value"]
-    assert methods["slow"] == ["seconds"]
+    assert methods["slow"] == ["seconds", "key"]
     assert {"ping", "methods", "boom"} <= set(methods)
 
 
@@ -160,3 +160,30 @@ def test_reply_to_oversized_payload_is_an_error(server, make_socket):
     dealer.send_multipart([b"", payload])
     reply = msgpack.unpackb(recv_with_timeout(dealer)[1], raw=False)
     assert reply["error"]["code"] == "INVALID_ARGUMENT"
+
+
+def test_server_dying_mid_call_is_noticed_before_the_timeout(server, client):
+    outcome = {}
+
+    def slow_call():
+        started = time.monotonic()
+        try:
+            client.call("slow", seconds=30, timeout=20)
+        except BazaarError as err:
+            outcome["err"], outcome["after"] = err, time.monotonic() - started
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    wait_until(lambda: server.calls["slow"] == 1, 5, msg="call running")
+    server.stop()  # closes the ROUTER: the peer disconnects
+    caller.join(10)
+    assert outcome["err"].code == "UNAVAILABLE" and not outcome["err"].remote
+    assert "lost" in outcome["err"].message
+    assert outcome["after"] < 10  # far below the 20 s budget
+
+
+def test_retry_false_makes_a_keyed_call_single_shot(server, client):
+    with pytest.raises(BazaarError) as exc:
+        client.call("slow", seconds=10, timeout=0.6, retry=False, key="k")
+    assert exc.value.code == "DEADLINE_EXCEEDED"
+    assert server.calls["slow"] == 1
