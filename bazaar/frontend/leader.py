@@ -97,9 +97,9 @@ class OrderRouter:
         return self._call_leader("order", args)
 
     def get_order(self, number: int) -> dict[str, Any]:
-        return self._call_leader("get_order", {"number": number}, idempotent=True)
+        return self._call_leader("get_order", {"number": number})
 
-    def _call_leader(self, method: str, args: dict[str, Any], idempotent: bool = False) -> Any:
+    def _call_leader(self, method: str, args: dict[str, Any]) -> Any:
         deadline = time.monotonic() + self.deadline
         backoff = 0.05
         last: BazaarError | None = None
@@ -117,11 +117,10 @@ class OrderRouter:
                     backoff = _sleep(backoff, deadline)
                 continue
             try:
+                # retry=False: a transport failure goes straight to an election
+                # below instead of being retried on a leader that may be dead.
                 return self.clients[leader].call_args(
-                    method,
-                    args,
-                    timeout=min(self.call_timeout, remaining),
-                    idempotent=idempotent,
+                    method, args, timeout=min(self.call_timeout, remaining), retry=False
                 )
             except BazaarError as err:
                 last = err
@@ -146,7 +145,9 @@ class OrderRouter:
 
         def one(rid: int) -> dict[str, Any] | None:
             try:
-                result = self.clients[rid].call("status", timeout=timeout, idempotent=True)
+                # One attempt: a dead replica then costs the connect timeout
+                # (a fraction of a second), not the whole status timeout.
+                result = self.clients[rid].call("status", timeout=timeout, retry=False)
             except BazaarError:
                 return None
             return result if isinstance(result, dict) else None
@@ -193,7 +194,9 @@ class OrderRouter:
                 leader, epoch = result
                 self._current = (leader, epoch)
                 log.info("elected replica %s at epoch %s", leader, epoch)
-                if self._inform_others(leader, epoch, None):
+                # Only the replicas that answered just now: the monitor tells
+                # the others once they are back, so a dead one costs nothing here.
+                if self._inform_others(leader, epoch, live):
                     return self._current
                 # Someone knew a higher epoch: run the election again above it.
         raise BazaarError("UNAVAILABLE", "leader election did not converge")

@@ -24,10 +24,10 @@ class FakeReplica:
         self.order_errors: list[BazaarError] = []
         self.calls: list[tuple] = []
 
-    def call(self, method, /, *, timeout=None, idempotent=False, **args):
-        return self.call_args(method, args, timeout=timeout, idempotent=idempotent)
+    def call(self, method, /, *, timeout=None, idempotent=False, retry=None, **args):
+        return self.call_args(method, args, timeout=timeout, idempotent=idempotent, retry=retry)
 
-    def call_args(self, method, args, *, timeout=None, idempotent=False):
+    def call_args(self, method, args, *, timeout=None, idempotent=False, retry=None):
         self.calls.append((method, dict(args)))
         if self.down:
             raise BazaarError("UNAVAILABLE", f"replica {self.rid} unreachable")
@@ -94,7 +94,12 @@ def test_dead_highest_is_skipped(make_router):
     r3.down = True
     router = make_router(r1, r2, r3)
     assert router.elect((None, 0)) == (2, 1)
-    assert r3.set_leader_calls() == [(2, 1)]  # tried (and failed) as a follower only
+    # A replica that did not answer `status` costs the election nothing more...
+    assert r3.set_leader_calls() == []
+    # ... and the monitor tells it who leads once it is back.
+    r3.down = False
+    router.check()
+    assert r3.set_leader_calls() == [(2, 1)]
 
 
 def test_aborted_raises_epoch_above_the_replicas(make_router):
