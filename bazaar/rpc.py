@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -455,6 +455,22 @@ class Client:
             raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
         send_frames(sock, [b"", payload])
 
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[zmq.Socket]:
+        """A pooled socket for one exchange, returned to the pool only if the
+        exchange completed: after a timeout or a transport error it is closed,
+        so nothing late can surface in another call."""
+        sock = self._checkout()
+        try:
+            yield sock
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise BazaarError("UNAVAILABLE", f"{self.endpoint}: {exc}") from None
+        except BaseException:
+            sock.close(0)
+            raise
+        self._checkin(sock)
+
     def call_many(
         self, method: str, args_list: list[dict[str, Any]], *, window: int = 64, timeout=None
     ) -> list[Any]:
@@ -466,15 +482,12 @@ class Client:
         total = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         results: list[Any] = [None] * len(args_list)
-        first_id = next(self._ids)
-        ids = {}
-        sock = self._checkout()
-        ok = False
+        ids: dict[int, int] = {}
         sent = received = 0
-        try:
+        with self._borrowed() as sock:
             while received < len(args_list):
                 while sent < len(args_list) and sent - received < window:
-                    req_id = first_id if sent == 0 else next(self._ids)
+                    req_id = next(self._ids)
                     ids[req_id] = sent
                     payload = wire.encode_request(req_id, method, args_list[sent])
                     self._send(sock, payload, deadline - time.monotonic(), method)
@@ -492,57 +505,45 @@ class Client:
                     continue
                 results[index] = reply.result if reply.ok else reply.error
                 received += 1
-            ok = True
-            return results
-        except zmq.ZMQError as exc:
-            raise BazaarError("UNAVAILABLE", f"{self.endpoint}: {exc}") from None
-        finally:
-            if ok:
-                self._checkin(sock)
-            else:
-                sock.close(0)
+        return results
 
     def _attempt(self, method: str, args: dict[str, Any], budget: float, remaining: float) -> Any:
         req_id = next(self._ids)
         payload = wire.encode_request(req_id, method, args, deadline_ms=int(remaining * 1000))
-        sock = self._checkout()
-        ok = False
-        try:
+        with self._borrowed() as sock:
             start = time.monotonic()
             self._send(sock, payload, budget, method)
-            while True:
-                left = budget - (time.monotonic() - start)
-                if left <= 0:
+            reply = self._await_reply(sock, req_id, start + budget, method)
+        if reply.ok:
+            return reply.result
+        raise reply.error  # a peer's answer: the socket went back to the pool
+
+    def _await_reply(
+        self, sock: zmq.Socket, req_id: int, deadline: float, method: str
+    ) -> wire.Reply:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BazaarError(
+                    "DEADLINE_EXCEEDED", f"no reply from {self.endpoint} to {method} in time"
+                )
+            # A blocking recv with a timeout wakes up sooner than poll + recv.
+            # It waits in slices: with IMMEDIATE set, a DEALER loses POLLOUT
+            # the moment its only peer disconnects, so a killed server is
+            # noticed within one slice instead of at the end of the budget.
+            sock.rcvtimeo = int(min(left, LIVENESS_SLICE) * 1000) + 1
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:
+                if not sock.getsockopt(_EVENTS) & _POLLOUT:
                     raise BazaarError(
-                        "DEADLINE_EXCEEDED", f"no reply from {self.endpoint} to {method} in time"
-                    )
-                # A blocking recv with a timeout wakes up sooner than poll + recv.
-                # It waits in slices: with IMMEDIATE set, a DEALER loses POLLOUT
-                # the moment its only peer disconnects, so a killed server is
-                # noticed within one slice instead of at the end of the budget.
-                sock.rcvtimeo = int(min(left, LIVENESS_SLICE) * 1000) + 1
-                try:
-                    frames = sock.recv_multipart()
-                except zmq.Again:
-                    if not sock.getsockopt(_EVENTS) & _POLLOUT:
-                        raise BazaarError(
-                            "UNAVAILABLE", f"connection to {self.endpoint} lost during {method}"
-                        ) from None
-                    continue
-                reply = wire.decode_reply(frames[-1])
-                if reply.id != req_id:
-                    continue  # a stray late reply; ours is still coming
-                ok = True
-                if reply.ok:
-                    return reply.result
-                raise reply.error  # type: ignore[misc]
-        except zmq.ZMQError as exc:
-            raise BazaarError("UNAVAILABLE", f"{self.endpoint}: {exc}") from None
-        finally:
-            if ok:
-                self._checkin(sock)
-            else:
-                sock.close(0)
+                        "UNAVAILABLE", f"connection to {self.endpoint} lost during {method}"
+                    ) from None
+                continue
+            reply = wire.decode_reply(frames[-1])
+            if reply.id == req_id:
+                return reply
+            # else: a stray late reply; ours is still coming
 
 
 def call(endpoint: str, method: str, args: dict[str, Any] | None = None, **kw) -> Any:
