@@ -190,8 +190,15 @@ ctr() {  # container name of compose service $1
 for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
 
 say "wait for /health ok"
+t_up=$SECONDS
 "${CHECK[@]}" wait-health "$URL" --want ok --timeout 120 >/dev/null || die "/health never said ok"
 say "  /health ok"
+if ((SECONDS - t_up > 15)); then  # slow start: show why (it passed, but should not take this long)
+    for s in catalog order1 order2 order3 frontend; do
+        echo "----- $s (slow start: last 12 lines)" >&2
+        podman logs --tail 12 "$(ctr "$s")" 2>&1 | sed 's/^/    /' >&2
+    done
+fi
 
 # Without systemd podman does not schedule healthchecks; run each service's
 # compose healthcheck once by hand to prove the commands are right.
