@@ -546,7 +546,19 @@ class Client:
             # else: a stray late reply; ours is still coming
 
 
-def call(endpoint: str, method: str, args: dict[str, Any] | None = None, **kw) -> Any:
-    """One-shot call with a throwaway client (scripts, the CLI)."""
-    with Client(endpoint) as client:
+def call(
+    endpoint: str,
+    method: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    **kw,
+) -> Any:
+    """One-shot call with a throwaway client (scripts, the CLI).
+
+    It waits for the connection for the whole timeout, so a script may run
+    while the service is still starting; waiting is safe for any method,
+    since nothing has been sent before the connection is up.
+    """
+    with Client(endpoint, timeout=timeout, connect_timeout=timeout) as client:
         return client.call_args(method, args or {}, **kw)

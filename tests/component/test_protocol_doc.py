@@ -55,3 +55,23 @@ def test_cli_call_rejects_malformed_arguments(server):
     result = CliRunner().invoke(main, ["call", server.endpoint, "echo", "novalue"])
     assert result.exit_code == 2
     assert "key=value" in result.output
+
+
+def test_cli_call_waits_for_a_service_that_is_still_starting():
+    import threading
+
+    from bazaar.rpc import Server
+    from tests.conftest import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    servers = []
+    later = threading.Timer(1.0, lambda: servers.append(Server(endpoint, service="late").start()))
+    later.start()
+    try:
+        result = CliRunner().invoke(main, ["call", endpoint, "ping", "--timeout", "10"])
+    finally:
+        later.join()
+        for srv in servers:
+            srv.stop()
+    assert result.exit_code == 0, result.output
+    assert '"service": "late"' in result.output
