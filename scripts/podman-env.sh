@@ -51,11 +51,13 @@ log_driver = "k8s-file"
 # podman's defaults (nofile 1048576, nproc 4194304) fail where the host may
 # not raise its limits ("error setting rlimit type 7/6"); ask for less.
 default_ulimits = ["nofile=$_nofile:$_nofile", "nproc=16384:16384"]
-# aardvark-dns (podman 4.3) now and then leaves a query unanswered while
-# containers join the network; with glibc's default 5 s x 2 attempts x 2
-# servers a lookup then takes 20-40 s, and libzmq resolves peer names on the
-# I/O thread it shares with the service's own socket. Fail over in seconds.
-dns_options = ["timeout:1", "attempts:2"]
+# aardvark-dns (podman 4.3) now and then drops one of the A/AAAA pair that
+# glibc sends in parallel from one socket while containers join the network;
+# with glibc's defaults (5 s x 2 attempts x 2 servers) the lookup then takes
+# 20-40 s, and libzmq resolves peer names on the I/O thread it shares with the
+# service's own socket, so the service stops answering. single-request-reopen
+# sends them one at a time (no stall seen since), the timeouts bound the rest.
+dns_options = ["timeout:1", "attempts:2", "single-request-reopen"]
 CONF
     # Fully qualified names only; no search registries (nothing to guess).
     cat >"$PODMAN_ENV_DIR/conf/registries.conf" <<CONF
