@@ -132,7 +132,12 @@ class Server:
     ):
         self.service = service
         self.replica_id = replica_id
-        self._ctx = context or zmq.Context.instance()
+        # A context of its own unless told otherwise: libzmq resolves peer
+        # host names on its I/O thread, so a client socket connecting to a
+        # slow-to-resolve name (compose service names at start-up) must not
+        # share that thread with the socket this server answers on.
+        self._own_ctx = None if context is not None else zmq.Context(io_threads=1)
+        self._ctx = context or self._own_ctx
         self._methods: dict[str, _Method] = {}
         self._workers = workers
         self._max_pending = max_pending
@@ -223,6 +228,9 @@ class Server:
             self._replies.close(0)
             for sock in self._pushers:
                 sock.close(0)
+            if self._own_ctx is not None:
+                # term() would wait for sockets a worker may still hold.
+                self._own_ctx.destroy(linger=0)
 
     def _serve_blocking(self) -> None:
         try:

@@ -22,8 +22,8 @@ free port).
 from __future__ import annotations
 
 import logging
+import os
 import queue
-import secrets
 import threading
 import time
 from typing import Any
@@ -64,7 +64,7 @@ class Publisher:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         context: zmq.Context | None = None,
     ):
-        self.boot = secrets.token_hex(8)
+        self.boot = os.urandom(8).hex()  # not `secrets`: it pulls in OpenSSL (~4 MB)
         self.heartbeat_interval = heartbeat_interval
         self._sock = rpc.harden((context or zmq.Context.instance()).socket(zmq.PUB))
         # Bound here, so a taken port fails the start; the socket then moves to
