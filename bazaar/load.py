@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bazaar.wire import is_int
+
 KINDS = ("lookup", "order", "get_order")
 DEFAULT_STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
 PERCENTILES = (50, 95, 99)
@@ -216,7 +218,7 @@ def _record_order_reply(rec: Recorder, reply: Reply, seconds: float, asked: Ack)
 def _transaction_number(body: Any) -> int | None:
     data = body.get("data") if isinstance(body, dict) else None
     number = data.get("transaction_number") if isinstance(data, dict) else None
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
+    return number if is_int(number) else None
 
 
 def run_session(

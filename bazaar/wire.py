@@ -55,7 +55,8 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """True for real integers; bools are not integers on this wire."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -90,7 +91,7 @@ def decode_request(payload: bytes) -> Request:
     if not isinstance(body, dict):
         raise BazaarError("INVALID_ARGUMENT", "request must be a msgpack map")
     req_id = body.get("id")
-    if not (isinstance(req_id, str) or _is_int(req_id)):
+    if not (isinstance(req_id, str) or is_int(req_id)):
         raise BazaarError("INVALID_ARGUMENT", "request 'id' must be a string or an integer")
     try:
         return _validate_request(body, req_id)
@@ -115,7 +116,7 @@ def _validate_request(body: dict[str, Any], req_id: str | int) -> Request:
     if not isinstance(args, dict):
         raise BazaarError("INVALID_ARGUMENT", "request 'args' must be a map")
     deadline_ms = body.get("deadline_ms")
-    if deadline_ms is not None and not _is_int(deadline_ms):
+    if deadline_ms is not None and not is_int(deadline_ms):
         raise BazaarError("INVALID_ARGUMENT", "request 'deadline_ms' must be an integer")
     return Request(req_id, method, args, deadline_ms)
 
@@ -156,8 +157,3 @@ def decode_reply(payload: bytes) -> Reply:
     )
     error.remote = True
     return Reply(body.get("id"), False, error=error)
-
-
-def is_int(value: Any) -> bool:
-    """True for real integers; bools are not integers on this wire."""
-    return _is_int(value)

@@ -35,6 +35,7 @@ from typing import Any
 
 from bazaar.errors import BazaarError
 from bazaar.rpc import Client
+from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def in_parallel(func: Callable[[Any], Any], items: Iterable[Any], timeout: float
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if is_int(value) else 0
 
 
 def _sleep(backoff: float, deadline: float) -> float:

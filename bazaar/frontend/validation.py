@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bazaar.errors import invalid, not_found
+from bazaar.wire import is_int
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_NAME_LEN = 128
@@ -87,7 +88,7 @@ def validate_order(fields: Any) -> dict[str, Any]:
     name, quantity, kind = fields["name"], fields["quantity"], fields["type"]
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
         raise invalid(f"name must be a non-empty string of at most {MAX_NAME_LEN} characters")
-    if not isinstance(quantity, int) or isinstance(quantity, bool):
+    if not is_int(quantity):
         raise invalid("quantity must be an integer")
     if quantity <= 0:
         raise invalid("quantity must be > 0")
