@@ -37,13 +37,14 @@ import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
 
 SERVERS = ("waitress", "gunicorn", "granian")
 STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
@@ -250,12 +251,6 @@ def run_clients(port: int, kind: str, sessions: int, seconds: float, procs: int)
 # ---------------------------------------------------------------------------
 # Orchestration
 # ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float = 30.0) -> None:
     """Until GET path answers 200 (for the front end: /health says the leader is elected)."""
     deadline = time.monotonic() + timeout
