@@ -223,7 +223,13 @@ def health_report(catalog, orders, cache: LookupCache) -> tuple[dict[str, Any], 
     # in the same epoch does not, until the next election).
     leader_status = statuses.get(leader) if leader is not None else None
     leader_up = leader_status is not None and leader_status.get("leader") == leader
-    if not (cat_up and leader_up):
+    # Orders commit only on a majority (the leader counted): without one the
+    # leader takes none, whatever else is up.
+    live = sum(1 for st in statuses.values() if st is not None)
+    majority = live >= len(statuses) // 2 + 1 and (
+        leader_status is None or leader_status.get("majority") is not False
+    )
+    if not (cat_up and leader_up and majority):
         state = "unavailable"
     elif all(st is not None for st in statuses.values()):
         state = "ok"

@@ -20,10 +20,14 @@ Invariants
   only after the record before the batch matches (`prev_number`,
   `prev_epoch`); a record that conflicts with the leader's (same number, other
   epoch) is an unacknowledged leftover of an old leader and is truncated.
-- Commit rule. Record n is acknowledged only when durable on the leader and
-  on at least one follower, or on the leader alone when no follower is up. A
-  follower is down after `follower_timeout` without an answer to an
-  outstanding request, and up again once it holds everything acknowledged.
+- Commit rule. Record n is acknowledged only when durable on a majority of
+  the replicas, the leader counted (2 of 3): on the leader and on at least
+  one follower. Never on the leader alone, however long its followers are
+  silent: a record only the leader holds dies with it. A follower is down
+  after `follower_timeout` without an answer to an outstanding request (it
+  then gets probes instead of a stream), and up again once it holds
+  everything acknowledged; `has_majority` tells the service whether an
+  order could commit at all.
 - Acknowledgements are monotonic: `commit` never goes down while leading.
 
 Theory of operation: the leader streams batches (at most `batch` records)
@@ -410,13 +414,21 @@ class Replica:
     def _message(self, prev: int, records: tuple[Record, ...]) -> Replicate:
         return Replicate(self.epoch, self.id, prev, self.epoch_at(prev), records)
 
+    def quorum(self) -> int:
+        """Replicas (the leader counted) that must hold a record before it is acknowledged."""
+        return (len(self.peers) + 1) // 2 + 1
+
+    def has_majority(self) -> bool:
+        """Leading with enough answering followers that a new record could commit."""
+        alive = sum(1 for f in self.followers.values() if f.alive)
+        return self.role == LEADER and alive + 1 >= self.quorum()
+
     def _advance_commit(self) -> list:
-        up = [f for f in self.followers.values() if f.up]
-        if up:
-            best = max(f.match for f in self.followers.values())
-            target = min(self.durable, best)
-        else:
-            target = self.durable
+        # The (quorum-1)-th best follower match, capped by our own durable
+        # record: then `quorum` replicas, the leader among them, hold it.
+        matches = sorted((f.match for f in self.followers.values()), reverse=True)
+        need = self.quorum() - 1
+        target = self.durable if need == 0 else min(self.durable, matches[need - 1])
         if target <= self.commit:
             return []
         self.commit = target
@@ -425,7 +437,7 @@ class Replica:
     # ---- status ---------------------------------------------------------------
     def follower_status(self) -> dict[int, dict]:
         return {
-            p: {"up": f.up, "last_number": f.match if f.match >= 0 else None}
+            p: {"up": f.up, "alive": f.alive, "last_number": f.match if f.match >= 0 else None}
             for p, f in self.followers.items()
         }
 

@@ -615,6 +615,14 @@ class OrderReplica:
         check_order_args(key, name, type, quantity)
         epoch = self._wait_serving()
         with self._lock:
+            if not self.machine.has_majority() and key not in self.machine.keys:
+                # Refused before the catalog trades: nothing could commit it.
+                raise unavailable(
+                    f"order leader {self.id}: no majority of replicas answers",
+                    leader=self.id,
+                    epoch=epoch,
+                    no_majority=True,
+                )
             while key in self._trading:  # the same key in flight on another thread
                 self._changed.wait(1.0)
             found = self._existing(key, name, type, quantity)
@@ -770,7 +778,9 @@ class OrderReplica:
             "leader": self._known_leader(),
             "epoch": m.epoch,
             "last_number": m.durable if m.durable >= 0 else None,
+            "last_epoch": m.last_epoch() if m.durable >= 0 else None,
             "commit": m.commit if m.role == rep.LEADER else None,
+            "majority": m.has_majority() if m.role == rep.LEADER else None,
             "followers": followers,
             "disk_error": self._disk_error.message if self._disk_error else None,
         }

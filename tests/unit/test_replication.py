@@ -113,25 +113,26 @@ def test_follower_records_are_streamed_pipelined():
     assert sim.disk[1] == sim.disk[2] == sim.disk[3] and sim.acked[3] == 9
 
 
-def test_leader_goes_on_alone_when_followers_are_down_and_waits_while_one_is_up():
+def test_no_acknowledgement_without_a_majority_however_long_followers_are_down():
     sim = Sim(follower_timeout=0.5)
     sim.elect(3, 1)
     sim.run()
     sim.crash(1)
     sim.propose(3, "a")
     sim.run()
-    assert sim.acked[3] == 0  # follower 2 acknowledged
+    assert sim.acked[3] == 0  # follower 2 acknowledged: 2 of 3
+    assert sim.machines[3].has_majority()
     sim.crash(2)
     sim.propose(3, "b")
     sim.run()
-    assert sim.acked[3] == 0  # not yet: the followers are not known to be down
-    sim.tick(0.6)
+    sim.tick(5.0)
     sim.run()
-    assert sim.acked[3] == 1
+    assert sim.acked[3] == 0  # the leader alone is never a majority
+    assert not sim.machines[3].has_majority()
     assert sim.machines[3].follower_status()[1]["up"] is False
 
 
-def test_follower_comes_back_catches_up_then_counts():
+def test_follower_comes_back_catches_up_then_commits():
     sim = Sim(follower_timeout=0.5, probe_interval=0.1)
     sim.elect(3, 1)
     sim.run()
@@ -142,17 +143,35 @@ def test_follower_comes_back_catches_up_then_counts():
     sim.run()
     sim.tick(0.6)
     sim.run()
-    assert sim.acked[3] == 4
+    assert sim.acked[3] == -1
     sim.restart(1)
     sim.tick(0.2)
     sim.run()
     assert sim.disk[1] == sim.disk[3]
+    assert sim.acked[3] == 4  # 1 holds them now: a majority
     assert sim.machines[3].follower_status()[1]["up"] is True
     sim.propose(3, "after")
     sim.flush(3)
-    assert sim.acked[3] == 4  # 1 counts again: wait for it
+    assert sim.acked[3] == 4
     sim.run()
     assert sim.acked[3] == 5
+
+
+def test_a_five_replica_leader_needs_two_followers():
+    sim = Sim(ids=(1, 2, 3, 4, 5))
+    sim.elect(5, 1)
+    sim.run()
+    sim.crash(1)
+    sim.crash(2)
+    sim.crash(3)
+    sim.propose(5, "a")
+    sim.run()
+    assert sim.acked[5] == -1  # leader + 4: two of five
+    sim.restart(3)
+    for _ in range(10):
+        sim.tick(0.2)
+        sim.run()
+    assert sim.acked[5] == 0
 
 
 def test_a_follower_with_a_newer_epoch_deposes_the_leader():
@@ -190,9 +209,13 @@ def test_silent_followers_are_declared_down_only_after_a_timeout_we_lived_throug
     sim.crash(2)
     sim.propose(3, "a")
     sim.flush(3)
-    for _ in range(30):
+    for _ in range(20):
         sim.tick(0.02)
-    assert sim.acked[3] == 0
+    assert sim.machines[3].has_majority()  # 0.4 s of silence: not yet down
+    for _ in range(10):
+        sim.tick(0.02)
+    assert not sim.machines[3].has_majority()
+    assert sim.acked[3] == -1
 
 
 @pytest.mark.parametrize("seed", range(12))
