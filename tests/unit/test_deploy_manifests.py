@@ -1,0 +1,339 @@
+"""What the deployment files promise beyond their schemas (issue 14).
+
+scripts/check-deploy.sh checks that deploy/kubernetes and deploy/swarm are
+valid for their engines; these tests read the same files and check what a
+schema cannot: each pod sees only its own role's secret key, the
+NetworkPolicies allow exactly the flows of SPEC section 2, the endpoints in
+the config name the pods that really exist, and every pod is non-root with
+probes, limits and a SIGTERM grace period.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+STACK = ROOT / "deploy" / "swarm" / "stack.yml"
+ROLES = ("catalog", "order1", "order2", "order3", "frontend", "client")
+PUBLIC_KEYS = {f"{role}.key" for role in ROLES}
+
+# SPEC section 2: who may open a connection to which port (callers by role).
+CATALOG_RPC, CATALOG_PUB, ORDER_RPC, HTTP = 5555, 5556, 5561, 8080
+EXPECTED_FLOWS = {
+    ("frontend", "catalog", CATALOG_RPC),
+    ("order", "catalog", CATALOG_RPC),
+    ("client", "catalog", CATALOG_RPC),
+    ("frontend", "catalog", CATALOG_PUB),
+    ("frontend", "order", ORDER_RPC),
+    ("order", "order", ORDER_RPC),
+    ("client", "order", ORDER_RPC),
+    ("outside", "frontend", HTTP),
+}
+
+
+@cache
+def k8s_objects() -> tuple[dict, ...]:
+    objects = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return tuple(objects)
+
+
+def by_kind(kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == kind}
+
+
+def workloads() -> dict[str, dict]:
+    return {**by_kind("StatefulSet"), **by_kind("Deployment")}
+
+
+def pod_spec(name: str) -> dict:
+    return workloads()[name]["spec"]["template"]["spec"]
+
+
+def main_container(name: str) -> dict:
+    (container,) = pod_spec(name)["containers"]
+    return container
+
+
+def secret_items(volume: dict) -> set[str]:
+    return {item["key"] for item in volume["secret"]["items"]}
+
+
+def config() -> dict[str, str]:
+    return by_kind("ConfigMap")["bazaar-config"]["data"]
+
+
+# ---- kubernetes: structure ------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_the_workloads_are_those_of_the_issue():
+    assert set(by_kind("StatefulSet")) == {"catalog", "order"}
+    assert set(by_kind("Deployment")) == {"frontend"}
+    assert by_kind("StatefulSet")["order"]["spec"]["replicas"] == 3
+    assert by_kind("StatefulSet")["catalog"]["spec"]["replicas"] == 1
+    for name in ("catalog", "order"):
+        sts = by_kind("StatefulSet")[name]
+        service = by_kind("Service")[sts["spec"]["serviceName"]]
+        assert service["spec"]["clusterIP"] == "None", "stable pod names need a headless Service"
+        assert service["spec"]["publishNotReadyAddresses"] is True
+        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        mounts = {m["name"]: m["mountPath"] for m in main_container(name)["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == config()["BAZAAR_DATA_DIR"]
+
+
+def test_config_endpoints_name_the_pods_and_ports_that_exist():
+    cfg = config()
+    sts = by_kind("StatefulSet")
+    ports = {
+        name: {p["name"]: p["containerPort"] for p in main_container(name)["ports"]}
+        for name in workloads()
+    }
+
+    def host_port(endpoint: str) -> tuple[str, int]:
+        match = re.fullmatch(r"tcp://([^:]+):(\d+)", endpoint)
+        assert match, endpoint
+        return match.group(1), int(match.group(2))
+
+    assert host_port(cfg["BAZAAR_CATALOG"]) == ("catalog-0.catalog", ports["catalog"]["rpc"])
+    assert host_port(cfg["BAZAAR_CATALOG_PUB"]) == ("catalog-0.catalog", ports["catalog"]["pub"])
+    replicas = dict(item.split("=", 1) for item in cfg["BAZAAR_ORDER_REPLICAS"].split(","))
+    assert sorted(replicas) == [str(i) for i in range(1, sts["order"]["spec"]["replicas"] + 1)]
+    for rid, endpoint in replicas.items():
+        # ordinal = id - 1, as the pod's command computes it
+        assert host_port(endpoint) == (f"order-{int(rid) - 1}.order", ports["order"]["rpc"])
+
+
+def test_order_replica_id_comes_from_the_ordinal():
+    container = main_container("order")
+    script = " ".join(container["args"])
+    assert "BAZAAR_ORDER_ID=$(( ${POD_NAME##*-} + 1 ))" in script
+    assert "exec bazaar order" in script, "bazaar must replace the shell to receive SIGTERM"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_order_replicas_land_on_different_nodes():
+    spec = by_kind("StatefulSet")["order"]["spec"]
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["labelSelector"]["matchLabels"].items()
+        <= spec["template"]["metadata"]["labels"].items()
+    )
+    pdb = by_kind("PodDisruptionBudget")["order"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("name", ["catalog", "order", "frontend"])
+def test_pods_are_non_root_bounded_probed_and_stop_in_time(name):
+    spec = pod_spec(name)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 10001  # the image's user
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    assert 0 < spec["terminationGracePeriodSeconds"] <= 30
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind])
+    container = main_container(name)
+    assert "readinessProbe" in container and "livenessProbe" in container
+
+
+def mebibytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "measured_mb"),
+    # docs/performance.md "Footprint": RSS after load (bench/footprint.py)
+    [("catalog", 28), ("order", 26), ("frontend", 46)],
+)
+def test_memory_limits_leave_room_over_the_measured_footprint(name, measured_mb):
+    resources = main_container(name)["resources"]
+    assert mebibytes(resources["requests"]["memory"]) >= measured_mb
+    assert mebibytes(resources["limits"]["memory"]) >= 4 * measured_mb
+
+
+# ---- kubernetes: keys -------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["catalog", "frontend"])
+def test_single_pods_mount_only_their_own_secret_key(role):
+    keys_dir = config()["BAZAAR_KEYS_DIR"]
+    (mount,) = [m for m in main_container(role)["volumeMounts"] if m["mountPath"] == keys_dir]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in pod_spec(role)["volumes"]}
+    assert secret_items(volumes[mount["name"]]) == PUBLIC_KEYS | {f"{role}.key_secret"}
+    secret_volumes = [v for v in volumes.values() if "secret" in v]
+    assert len(secret_volumes) == 1
+
+
+def test_order_service_sees_only_its_own_secret_key():
+    spec = pod_spec("order")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (init,) = spec["initContainers"]
+    # The Secret volume (three order keys) is mounted in the init step alone.
+    secret_names = {name for name, v in volumes.items() if "secret" in v}
+    assert secret_names == {"all-keys"}
+    assert secret_items(volumes["all-keys"]) == PUBLIC_KEYS | {
+        f"order{i}.key_secret" for i in (1, 2, 3)
+    }
+    main_mounts = {m["name"] for m in main_container("order")["volumeMounts"]}
+    assert "all-keys" not in main_mounts
+    keys_mount = next(
+        m for m in main_container("order")["volumeMounts"] if m["mountPath"] == "/keys"
+    )
+    assert volumes[keys_mount["name"]]["emptyDir"]["medium"] == "Memory"
+    script = init["args"][0]
+    assert 'cp "/all-keys/order${id}.key_secret" /keys/' in script
+    assert "cp /all-keys/*.key /keys/" in script
+    assert script.count("key_secret") == 2  # the copy and its chmod; no other secret
+
+
+# ---- kubernetes: network policies ---------------------------------------------
+
+COMPONENT = "app.kubernetes.io/component"
+
+
+def selects(selector: dict | None, labels: dict[str, str]) -> bool:
+    if not selector:
+        return True
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", "extend selects() for other operators"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def peer_allows(peers: list[dict] | None, labels: dict[str, str], in_namespace: bool) -> bool:
+    if not peers:  # no `from`/`to`: everyone
+        return True
+    for peer in peers:
+        if "namespaceSelector" not in peer and not in_namespace:
+            continue  # a bare podSelector means this namespace only
+        if "ipBlock" in peer:
+            continue
+        if selects(peer.get("podSelector"), labels):
+            return True
+    return False
+
+
+def rule_allows(rules, labels, in_namespace, port, key) -> bool:
+    for rule in rules or []:
+        ports = rule.get("ports")
+        if ports and not any(p["port"] == port and p["protocol"] == "TCP" for p in ports):
+            continue
+        if peer_allows(rule.get(key), labels, in_namespace):
+            return True
+    return False
+
+
+def allowed(policies, direction, pod, peer, peer_in_namespace, port) -> bool:
+    """Whether `pod`'s policies let `peer` in (Ingress) or let `pod` out (Egress)."""
+    key = "from" if direction == "Ingress" else "to"
+    field = "ingress" if direction == "Ingress" else "egress"
+    selecting = [
+        p
+        for p in policies
+        if selects(p["spec"]["podSelector"], pod) and direction in p["spec"]["policyTypes"]
+    ]
+    if not selecting:
+        return True  # not isolated in this direction
+    return any(
+        rule_allows(p["spec"].get(field), peer, peer_in_namespace, port, key) for p in selecting
+    )
+
+
+def test_network_policies_allow_exactly_the_flows_of_the_spec():
+    policies = list(by_kind("NetworkPolicy").values())
+    pods = {c: {COMPONENT: c} for c in ("catalog", "order", "frontend", "client")}
+    pods["other"] = {"app.kubernetes.io/name": "something-else"}  # same namespace
+    sources = dict(pods, outside=None)  # outside: another namespace or the internet
+    flows = set()
+    for src, src_labels in sources.items():
+        for dst in ("catalog", "order", "frontend"):
+            for port in (CATALOG_RPC, CATALOG_PUB, ORDER_RPC, HTTP):
+                inside = src_labels is not None
+                egress_ok = not inside or allowed(
+                    policies, "Egress", src_labels, pods[dst], True, port
+                )
+                ingress_ok = allowed(policies, "Ingress", pods[dst], src_labels or {}, inside, port)
+                if egress_ok and ingress_ok:
+                    flows.add((src, dst, port))
+    assert flows == EXPECTED_FLOWS
+
+
+def test_network_policies_deny_by_default_and_allow_dns():
+    policies = by_kind("NetworkPolicy")
+    assert policies["default-deny"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    (rule,) = policies["dns"]["spec"]["egress"]
+    assert {(p["protocol"], p["port"]) for p in rule["ports"]} == {("UDP", 53), ("TCP", 53)}
+
+
+# ---- swarm --------------------------------------------------------------------
+
+
+@cache
+def stack() -> dict:
+    return yaml.safe_load(STACK.read_text())
+
+
+def test_swarm_services_get_only_their_own_secret_key():
+    services = stack()["services"]
+    assert set(services) == {"catalog", "order1", "order2", "order3", "frontend"}
+    for name, service in services.items():
+        targets = set()
+        for secret in service["secrets"]:
+            target = secret if isinstance(secret, str) else secret["target"]
+            targets.add(target)
+            if target.endswith(".key_secret"):
+                assert secret["mode"] == 0o400 and secret["uid"] == "10001"
+        assert targets == PUBLIC_KEYS | {f"{name}.key_secret"}, name
+    assert set(stack()["secrets"]) == PUBLIC_KEYS | {f"{r}.key_secret" for r in ROLES[:-1]}
+
+
+def test_swarm_pins_each_stateful_service_to_its_own_node():
+    services = stack()["services"]
+    constraints = {
+        name: tuple(s["deploy"]["placement"]["constraints"]) for name, s in services.items()
+    }
+    assert constraints["order1"] == ("node.labels.bazaar.order == 1",)
+    assert len({constraints[f"order{i}"] for i in (1, 2, 3)}) == 3
+    assert stack()["networks"]["bazaar"]["driver"] == "overlay"
+    for rid in (1, 2, 3):
+        service = services[f"order{rid}"]
+        assert service["environment"]["BAZAAR_ORDER_ID"] == str(rid)
+        assert service["volumes"] == [f"order{rid}-data:/data"]
+        replicas = dict(
+            item.split("=", 1)
+            for item in service["environment"]["BAZAAR_ORDER_REPLICAS"].split(",")
+        )
+        port = replicas[str(rid)].rsplit(":", 1)[1]
+        assert f"'127.0.0.1', {port})" in service["healthcheck"]["test"][-1]
