@@ -2,7 +2,7 @@
 # Checks of the deployment files, run by `make lint` (and so by CI); offline.
 #
 #   yamllint --strict        every YAML file of the repository (.yamllint.yaml)
-#   kubernetes-validate      every manifest under deploy/kubernetes, strict
+#   kubernetes-validate      every manifest under deploy/kubernetes (tools/ too), strict
 #     --strict               (unknown fields are errors), against the pinned
 #                            Kubernetes version below; and the kustomize
 #                            output when kubectl is installed
@@ -24,7 +24,7 @@ echo "check-deploy: yamllint"
 
 echo "check-deploy: kubernetes-validate --strict against Kubernetes $K8S_VERSION"
 manifests=()
-for f in deploy/kubernetes/*.yaml; do
+for f in deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml; do
     [[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
 done
 "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${manifests[@]}"

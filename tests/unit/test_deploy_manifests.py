@@ -337,3 +337,10 @@ def test_swarm_pins_each_stateful_service_to_its_own_node():
         )
         port = replicas[str(rid)].rsplit(":", 1)[1]
         assert f"'127.0.0.1', {port})" in service["healthcheck"]["test"][-1]
+
+
+def test_the_admin_client_pod_gets_the_client_key_only():
+    (pod,) = yaml.safe_load_all((K8S / "tools" / "client.yaml").read_text())
+    assert pod["metadata"]["labels"][COMPONENT] == "client"  # what the policies allow
+    (volume,) = pod["spec"]["volumes"]
+    assert secret_items(volume) == PUBLIC_KEYS | {"client.key_secret"}
