@@ -43,6 +43,22 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 
 
+_running = threading.local()  # the deadline of the method running on this thread
+
+
+def time_left(default: float) -> float:
+    """Seconds before the caller of the running method gives up; `default` if it set none.
+
+    A handler that waits (on a peer, a commit) bounds its waits with this, so
+    it answers before its caller times out: timeouts nest, and a slow
+    dependency shows up as an error reply instead of a silent server.
+    """
+    deadline = getattr(_running, "deadline", None)
+    if deadline is None:
+        return default
+    return max(0.0, min(default, deadline - time.monotonic()))
+
+
 def readable(sock: zmq.Socket) -> bool:
     """A message is waiting (cheaper than a NOBLOCK recv that raises Again)."""
     return bool(sock.getsockopt(_EVENTS) & _POLLIN)
@@ -329,6 +345,7 @@ class Server:
         if deadline is not None and time.monotonic() >= deadline:
             err = BazaarError("DEADLINE_EXCEEDED", "deadline passed before the call ran")
             return wire.encode_error(request.id, err)
+        _running.deadline = deadline
         try:
             method.check_args(request.method, request.args)
             result = method.func(**request.args)
@@ -339,6 +356,8 @@ class Server:
             log.exception("%s.%s failed", self.service, request.method)
             err = BazaarError("INTERNAL", f"{request.method} failed: {type(exc).__name__}: {exc}")
             return wire.encode_error(request.id, err)
+        finally:
+            _running.deadline = None
 
 
 class Client:

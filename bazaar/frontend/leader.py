@@ -6,20 +6,27 @@ The front end is the single election authority (SPEC section 3, as in the seed).
 - the current `(leader, epoch)`, replaced as one tuple so readers never see a
   leader with another leader's epoch;
 - elections, one at a time (`_election_lock`): ask every replica's `status`
-  in parallel, choose the highest live id, and send it `set_leader` with an
-  epoch above every epoch seen (ours included), then tell the others. When the
-  replicas already agree on a live leader that is the highest live id, adopt
-  it without a new epoch, so a restarted front end or a slow-but-alive leader
-  costs no recovery;
+  in parallel; without answers from a majority nothing happens (no epoch is
+  spent: no leader could commit anyway). A live leader that still serves the
+  top epoch with a majority behind it is kept, so a slow call never deposes
+  a healthy leader. Otherwise the candidate is the replica with the most
+  up-to-date log (last record's epoch, then number), highest id first, a
+  leader that just lacked a majority last; it gets `set_leader` with an
+  epoch above every epoch seen, then the others are told. The leader itself
+  serves only once a majority promised its epoch (bazaar.order.service);
+- back-off: elections follow each other only after a randomised, growing
+  pause (`Backoff`), so an outage or a leader that keeps failing never
+  burns thousands of epochs; epochs stay in 1..2^53-1;
 - `order` / `get_order` with failover: a local failure (timeout, unreachable),
-  a `not_leader` answer or ABORTED (fenced) leads to an election and a retry
-  with the same order key, so the client never sees it and nothing trades
-  twice; a remote UNAVAILABLE without `not_leader` (the catalog is down, the
-  leader is recovering) is retried on the same leader with backoff. All of it
-  within one overall deadline, then the last error (503/504) goes out;
+  a `not_leader` answer, ABORTED (fenced) or a leader without a majority
+  leads to an election and a retry with the same order key, so the client
+  never sees it and nothing trades twice; any other remote UNAVAILABLE (the
+  catalog is down, the leader is recovering) is retried on the same leader
+  with backoff. All of it within one overall deadline, then the last error
+  (503/504) goes out;
 - a monitor thread that elects when no leader is known, notices a leader that
-  stopped answering, and tells replicas that missed a `set_leader` (restarted,
-  were down during the election) who leads.
+  stopped answering or lost its majority, and tells replicas that missed a
+  `set_leader` (restarted, were down during the election) who leads.
 
 It never decides HTTP statuses: it raises `BazaarError` and the app maps it.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +46,40 @@ from bazaar.rpc import Client
 from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
+
+MAX_EPOCH = 2**53 - 1  # SPEC section 2: epochs are integers in 1..2^53-1
+SUSPECT_FOR = 10.0  # seconds a leader that lost its majority is a candidate of last resort
+
+
+class Backoff:
+    """The pause before the next election: randomised, growing, reset by a served order.
+
+    The first election after a quiet spell runs at once (failover stays
+    fast); each further one waits for a random part of a delay that doubles
+    from `base` up to `cap`. Pure: the caller passes the time.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 1.0, quiet: float = 10.0, rng=None):
+        self.base, self.cap, self.quiet = base, cap, quiet
+        self.rng = rng or random.Random()
+        self.delay = 0.0
+        self.last = float("-inf")
+        self.next_at = float("-inf")
+
+    def wait(self, now: float) -> float:
+        """Seconds to wait before an election may start."""
+        return max(0.0, self.next_at - now)
+
+    def started(self, now: float) -> None:
+        if now - self.last > self.quiet:
+            self.delay = 0.0
+        self.delay = self.base if self.delay == 0 else min(self.cap, self.delay * 2)
+        self.last = now
+        self.next_at = now + self.delay * self.rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+        self.next_at = float("-inf")
 
 
 class OrderRouter:
@@ -64,6 +106,9 @@ class OrderRouter:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._leader_misses = 0
+        self._suspects: dict[int, float] = {}  # lost its majority as leader: rid -> until
+        self.backoff = Backoff()
+        self.quorum = len(self.clients) // 2 + 1
         self.elections = 0
 
     # ---- state ----------------------------------------------------------
@@ -120,12 +165,22 @@ class OrderRouter:
             try:
                 # retry=False: a transport failure goes straight to an election
                 # below instead of being retried on a leader that may be dead.
-                return self.clients[leader].call_args(
+                # The leader bounds its own waits by this call's deadline
+                # (rpc.time_left), so a healthy one answers within it.
+                result = self.clients[leader].call_args(
                     method, args, timeout=min(self.call_timeout, remaining), retry=False
                 )
             except BazaarError as err:
                 last = err
-                if not err.remote or err.code == "ABORTED" or err.details.get("not_leader"):
+                no_majority = err.remote and err.details.get("no_majority")
+                if no_majority:
+                    self._suspect(leader)
+                if (
+                    not err.remote
+                    or err.code == "ABORTED"
+                    or err.details.get("not_leader")
+                    or no_majority
+                ):
                     log.info("%s on replica %s failed (%s): electing", method, leader, err)
                     try:
                         if self.elect(current, deadline) == current:
@@ -138,6 +193,16 @@ class OrderRouter:
                     backoff = _sleep(backoff, deadline)  # e.g. catalog down: same leader
                 else:
                     raise
+            else:
+                if method == "order":
+                    self.backoff.reset()  # the leader serves: the next failure elects at once
+                return result
+
+    def _suspect(self, rid: int) -> None:
+        self._suspects[rid] = time.monotonic() + SUSPECT_FOR
+
+    def _suspected(self, rid: int) -> bool:
+        return self._suspects.get(rid, float("-inf")) > time.monotonic()
 
     # ---- election -------------------------------------------------------
     def statuses(self, timeout: float | None = None) -> dict[int, dict[str, Any] | None]:
@@ -160,8 +225,9 @@ class OrderRouter:
     ) -> tuple[int | None, int]:
         """Elect a leader unless someone already replaced `observed`; return the result.
 
-        Waits for a running election at most until `deadline` (monotonic).
-        Raises UNAVAILABLE when no replica is live or the wait ran out.
+        Waits for a running election, and for the back-off, at most until
+        `deadline` (monotonic). Raises UNAVAILABLE when no majority of
+        replicas answers or the wait ran out.
         """
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._election_lock.acquire(timeout=wait):
@@ -169,43 +235,89 @@ class OrderRouter:
         try:
             if self._current != observed:
                 return self._current
+            pause = self.backoff.wait(time.monotonic())
+            if pause > 0:
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise BazaarError("UNAVAILABLE", "leader election backing off after failures")
+                if self._stop.wait(pause):
+                    raise BazaarError("UNAVAILABLE", "front end is shutting down")
+            self.backoff.started(time.monotonic())
             self.elections += 1
             return self._elect_locked()
         finally:
             self._election_lock.release()
 
     def _elect_locked(self) -> tuple[int, int]:
-        for _round in range(5):
+        for _round in range(3):
             statuses = self.statuses()
             live = {rid: st for rid, st in statuses.items() if st is not None}
-            if not live:
+            if len(live) < self.quorum:
+                # No epoch spent: without a majority no leader could commit.
                 self._current = (None, self.epoch)
-                raise BazaarError("UNAVAILABLE", "no order replica is reachable")
-            epochs = [_int(st.get("epoch")) for st in live.values()]
-            top_epoch = max(epochs + [self.epoch])
-            highest = max(live)
-            st = live[highest]
-            if st.get("leader") == highest and _int(st.get("epoch")) == top_epoch and top_epoch > 0:
-                self._current = (highest, top_epoch)
-                log.info("replica %s leads at epoch %s: adopted", highest, top_epoch)
-                self._inform_others(highest, top_epoch, live)
+                raise BazaarError(
+                    "UNAVAILABLE",
+                    f"only {len(live)} of {len(self.clients)} order replicas answer: no majority",
+                )
+            top_epoch = max([_epoch(st.get("epoch")) for st in live.values()] + [self.epoch])
+            kept = self._serving_leader(live, top_epoch)
+            if kept is not None:
+                self._current = (kept, top_epoch)
+                log.info("replica %s leads at epoch %s: kept", kept, top_epoch)
+                self._inform_others(kept, top_epoch, live)
                 return self._current
-            result = self._appoint(sorted(live, reverse=True), top_epoch + 1)
-            if result is not None:
-                leader, epoch = result
-                self._current = (leader, epoch)
-                log.info("elected replica %s at epoch %s", leader, epoch)
-                # Only the replicas that answered just now: the monitor tells
-                # the others once they are back, so a dead one costs nothing here.
-                if self._inform_others(leader, epoch, live):
-                    return self._current
-                # Someone knew a higher epoch: run the election again above it.
+            if top_epoch >= MAX_EPOCH:
+                raise BazaarError("UNAVAILABLE", "order epochs exhausted (2^53-1)")
+            result = self._appoint(self._candidates(live), top_epoch + 1)
+            if result is None:
+                continue
+            leader, epoch = result
+            self._current = (leader, epoch)
+            log.info("elected replica %s at epoch %s", leader, epoch)
+            # Only the replicas that answered just now: the monitor tells
+            # the others once they are back, so a dead one costs nothing here.
+            granted, higher = self._inform_others(leader, epoch, live)
+            if higher is None:
+                if granted < self.quorum:
+                    log.warning("epoch %s granted by %s replicas only", epoch, granted)
+                return self._current
+            # Someone knew a higher epoch: run the election again above it.
         raise BazaarError("UNAVAILABLE", "leader election did not converge")
+
+    def _serving_leader(self, live: dict[int, dict[str, Any]], top_epoch: int) -> int | None:
+        """A live replica that leads `top_epoch` and has (or is gathering) its majority."""
+        for rid, st in live.items():
+            if (
+                top_epoch > 0
+                and st.get("leader") == rid
+                and _epoch(st.get("epoch")) == top_epoch
+                and st.get("role") in (None, "leader", "recovering")
+                and not (st.get("role") == "leader" and st.get("majority") is False)
+                and not self._suspected(rid)
+            ):
+                return rid
+        return None
+
+    def _candidates(self, live: dict[int, dict[str, Any]]) -> list[int]:
+        """Best first: not suspected, most up-to-date log (last epoch, then number), highest id."""
+
+        def rank(rid: int) -> tuple:
+            st = live[rid]
+            last = st.get("last_number")
+            return (
+                not self._suspected(rid),
+                _epoch(st.get("last_epoch")),
+                last if is_int(last) else -1,
+                rid,
+            )
+
+        return sorted(live, key=rank, reverse=True)
 
     def _appoint(self, candidates: list[int], epoch: int) -> tuple[int, int] | None:
         """Send set_leader to the first candidate that accepts; None if none does."""
         for rid in candidates:
             for _attempt in range(3):
+                if epoch > MAX_EPOCH:
+                    return None
                 try:
                     self.clients[rid].call(
                         "set_leader", leader=rid, epoch=epoch, timeout=self.set_leader_timeout
@@ -213,7 +325,7 @@ class OrderRouter:
                     return rid, epoch
                 except BazaarError as err:
                     if err.remote and err.code == "ABORTED":
-                        epoch = max(epoch, _int(err.details.get("epoch"))) + 1
+                        epoch = max(epoch, _epoch(err.details.get("epoch"))) + 1
                         continue
                     log.warning("set_leader to replica %s failed: %s", rid, err)
                     epoch += 1  # it may have taken `epoch` late: never reuse it
@@ -221,39 +333,39 @@ class OrderRouter:
         return None
 
     def _inform_others(
-        self, leader: int, epoch: int, statuses: dict[int, dict[str, Any]] | None
-    ) -> bool:
-        """Tell replicas other than `leader` who leads; False if one knows a higher epoch."""
-        targets = [
-            rid
-            for rid in self.clients
-            if rid != leader
-            and (
-                statuses is None
-                or (
-                    rid in statuses
-                    and (statuses[rid].get("leader"), statuses[rid].get("epoch")) != (leader, epoch)
-                )
-            )
-        ]
+        self, leader: int, epoch: int, statuses: dict[int, dict[str, Any]]
+    ) -> tuple[int, int | None]:
+        """Tell the replicas in `statuses` other than `leader` who leads.
 
-        def one(rid: int) -> int | None:
+        Returns (replicas now holding (leader, epoch), the leader counted;
+        the highest epoch one of them knows above `epoch`, or None).
+        """
+        holding = [
+            rid
+            for rid, st in statuses.items()
+            if rid != leader and (st.get("leader"), st.get("epoch")) == (leader, epoch)
+        ]
+        targets = [rid for rid in statuses if rid != leader and rid not in holding]
+
+        def one(rid: int) -> bool | int:
             try:
                 self.clients[rid].call(
                     "set_leader", leader=leader, epoch=epoch, timeout=self.status_timeout * 2
                 )
+                return True
             except BazaarError as err:
                 if err.remote and err.code == "ABORTED":
-                    return _int(err.details.get("epoch"))
-            return None
+                    return _epoch(err.details.get("epoch"))
+            return False
 
         answers = in_parallel(one, targets, self.status_timeout * 2 + 1.0).values()
-        higher = [e for e in answers if e is not None and e >= epoch]
+        granted = 1 + len(holding) + sum(1 for a in answers if a is True)
+        higher = [a for a in answers if a is not True and a is not False and a and a >= epoch]
         if higher:
             # Raise our epoch above theirs; the caller re-runs the election.
             self._current = (self.leader, max(higher))
-            return False
-        return True
+            return granted, max(higher)
+        return granted, None
 
     # ---- monitor --------------------------------------------------------
     def _monitor_loop(self) -> None:
@@ -276,18 +388,28 @@ class OrderRouter:
             return
         statuses = self.statuses()
         st = statuses.get(leader)
-        if st is None or st.get("leader") != leader or _int(st.get("epoch")) != epoch:
+        lost_majority = (
+            st is not None and st.get("role") == "leader" and st.get("majority") is False
+        )
+        if (
+            st is None
+            or st.get("leader") != leader
+            or _epoch(st.get("epoch")) != epoch
+            or lost_majority
+        ):
             self._leader_misses += 1
             if self._leader_misses >= 2:
                 self._leader_misses = 0
-                log.info("leader %s not answering as leader: electing", leader)
+                if lost_majority:
+                    self._suspect(leader)
+                log.info("leader %s not serving as leader: electing", leader)
                 try:
                     self.elect(current)
                 except BazaarError as err:
                     log.warning("election failed: %s", err)
             return
         self._leader_misses = 0
-        if any(s is not None and _int(s.get("epoch")) > epoch for s in statuses.values()):
+        if any(s is not None and _epoch(s.get("epoch")) > epoch for s in statuses.values()):
             with contextlib.suppress(BazaarError):
                 self.elect(current)
             return
@@ -320,8 +442,9 @@ def in_parallel(func: Callable[[Any], Any], items: Iterable[Any], timeout: float
     return {item: results.get(item) for item in items} if threads else {}
 
 
-def _int(value: Any) -> int:
-    return value if is_int(value) else 0
+def _epoch(value: Any) -> int:
+    """An epoch from a replica's answer; 0 for anything outside 1..2^53-1."""
+    return value if is_int(value) and 1 <= value <= MAX_EPOCH else 0
 
 
 def _sleep(backoff: float, deadline: float) -> float:

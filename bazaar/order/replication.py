@@ -451,6 +451,7 @@ class PeerLog(NamedTuple):
     runs: list[list[int]]
     records: list[Record]
     more: bool = False
+    promised: bool = False  # it saved our epoch: a vote for us
 
 
 def epoch_of(runs: list[list[int]], last: int, number: int) -> int | None:

@@ -46,6 +46,18 @@ PEER_TIMEOUT = 1.5  # a live peer answers in ms; a dead one is skipped by `_list
 CATCH_UP_LIMIT = 4000  # records per catch_up reply (stays under wire.MAX_MESSAGE_BYTES)
 MAX_KEY_LEN = 256
 DISK_COOLDOWN = 5.0  # a replica whose disk failed this recently refuses to lead
+REPLY_MARGIN = 0.15  # an `order` answers this long before its caller's deadline
+
+
+def budget(default: float) -> float:
+    """How long an `order` may still wait: `default`, cut to answer before the caller gives up.
+
+    Timeouts nest: the front end's attempt outlasts everything a healthy
+    leader may spend on it, so a slow catalog or commit comes back as an
+    UNAVAILABLE reply (retried on the same leader), never as a silence that
+    would get a healthy leader voted out.
+    """
+    return max(0.0, rpc.time_left(default + REPLY_MARGIN) - REPLY_MARGIN)
 
 
 class Waiter:
@@ -110,6 +122,7 @@ class OrderReplica:
         self._waiters: dict[int, Waiter] = {}
         self._trading: set[str] = set()  # keys whose catalog trade is in flight here
         self._serving = False  # leader, recovered and reconciled
+        self._promised = False  # elected, and a majority promised our epoch
         self._recovery_note = "not the leader"
         self._disk_error: BazaarError | None = None
         self._disk_errors = 0
@@ -382,6 +395,7 @@ class OrderReplica:
                     res["runs"],
                     parse_records(res["records"]),
                     bool(res.get("more")),
+                    res.get("promised") is True,
                 )
             except BazaarError as err:
                 if err.code == "ABORTED" and isinstance(err.details.get("epoch"), int):
@@ -411,8 +425,18 @@ class OrderReplica:
             return True  # not a tcp endpoint: let the RPC call find out
 
     def catch_up_from_peers(self, epoch: int | None) -> None:
-        """Adopt the most up-to-date log among ours and our peers' (one call per peer)."""
+        """Adopt the most up-to-date log among ours and our peers' (one call per peer).
+
+        With an `epoch` (we were elected) the peers' answers are promises,
+        and a majority of them (ourselves counted) must have promised: only
+        then do we hold every record such a majority holds, hence every
+        acknowledged one; else UNAVAILABLE, and recovery tries again.
+        """
         answers = self._ask_peers(self.machine.durable, epoch)
+        if epoch is not None:
+            votes = 1 + sum(1 for a in answers if a.promised)
+            if votes < self.machine.quorum():
+                raise unavailable(f"only {votes} of {len(self.endpoints)} replicas promised")
         with self._lock:
             truncate, best = rep.plan_catch_up(self.machine, answers)
         if best is None:
@@ -453,9 +477,19 @@ class OrderReplica:
         """Catch up (promising our epoch to peers), lead, fence the catalog, reconcile."""
         started = time.monotonic()
         try:
-            self._recovery_note = "catching up from peers"
-            self.catch_up_from_peers(epoch)
+            while True:
+                self._recovery_note = "catching up from peers"
+                try:
+                    self.catch_up_from_peers(epoch)
+                    break
+                except BazaarError as err:
+                    if err.code != "UNAVAILABLE" or not self._still_recovering(epoch):
+                        raise
+                    self._recovery_note = f"waiting for a majority: {err.message}"
+                    if self._stop.wait(0.2):
+                        return
             with self._lock:
+                self._promised = True
                 if self.machine.epoch != epoch or self.machine.role != rep.RECOVERING:
                     return
                 self._perform(self.machine.start_leading(time.monotonic()))
@@ -482,6 +516,10 @@ class OrderReplica:
                 self._perform(self.machine.fenced(epoch))
         except Exception:
             log.exception("order %s: recovery for epoch %s crashed", self.id, epoch)
+
+    def _still_recovering(self, epoch: int) -> bool:
+        with self._lock:
+            return self.machine.epoch == epoch and self.machine.role == rep.RECOVERING
 
     def _still_leading(self, epoch: int) -> bool:
         with self._lock:
@@ -578,14 +616,14 @@ class OrderReplica:
         return waiter
 
     def _await(self, waiter: Waiter) -> None:
-        if not waiter.event.wait(ACK_WAIT):
+        if not waiter.event.wait(budget(ACK_WAIT)):
             raise unavailable("order not committed in time (replication stalled)")
         if waiter.error is not None:
             raise waiter.error
 
     def _wait_serving(self) -> int:
         """The epoch we lead, once recovered; else UNAVAILABLE (not_leader when we are not)."""
-        deadline = time.monotonic() + READY_WAIT
+        deadline = time.monotonic() + budget(READY_WAIT)
         with self._lock:
             while True:
                 m = self.machine
@@ -664,9 +702,18 @@ class OrderReplica:
         return number, self._waiter(number)
 
     def _trade(self, key, name, kind, quantity, epoch) -> dict:
+        timeout = budget(CATALOG_TIMEOUT)
+        if timeout < 0.05:
+            raise unavailable("order: no time left to trade before the caller's deadline")
         try:
             result = self.catalog.call(
-                "trade", key=key, name=name, type=kind, quantity=quantity, epoch=epoch
+                "trade",
+                key=key,
+                name=name,
+                type=kind,
+                quantity=quantity,
+                epoch=epoch,
+                timeout=timeout,
             )
         except BazaarError as err:
             if err.remote and err.code == "ABORTED":
@@ -703,7 +750,7 @@ class OrderReplica:
             was = (self.machine.role, self.machine.epoch)
             self._perform(self.machine.on_set_leader(leader, epoch))
             if self.machine.role == rep.RECOVERING and was != (rep.RECOVERING, epoch):
-                self._serving = False
+                self._serving = self._promised = False
                 self._recovery_note = "starting recovery"
                 self._spawn(lambda: self._recover_as_leader(epoch), f"recover{epoch}")
             last = self.machine.durable
@@ -739,11 +786,22 @@ class OrderReplica:
                 try:
                     self._accept_epoch(epoch, leader)
                     self._perform(self.machine.on_promise(leader, epoch))
+                    promised = True
                 except BazaarError as err:
                     if err.code == "ABORTED":
                         raise
-                    # Our disk cannot record the promise: still share our log.
+                    # Our disk cannot record the promise: share our log, but
+                    # an unsaved promise is no vote.
                     log.warning("order %s: no promise to %s: %s", self.id, leader, err.message)
+                    promised = False
+                # Records still being written belong in the answer: the old
+                # leader may count them as held here once they are durable.
+                target, generation = self.machine.last_number, self._disk_errors
+        if epoch is not None:
+            self._flush()
+            with contextlib.suppress(BazaarError):  # a disk error: answer what is durable
+                self._wait_durable(target, budget(2.0), generation)
+        with self._lock:
             durable = self.machine.durable
             records = self.machine.records[max(after + 1, 0) : durable + 1][:limit]
             runs = self.machine.epoch_runs(durable)
@@ -752,6 +810,7 @@ class OrderReplica:
             "last_number": durable if durable >= 0 else None,
             "runs": runs,
             "more": bool(records) and records[-1].number < durable,
+            "promised": epoch is not None and promised,
         }
 
     def _known_leader(self) -> int | None:
@@ -780,7 +839,13 @@ class OrderReplica:
             "last_number": m.durable if m.durable >= 0 else None,
             "last_epoch": m.last_epoch() if m.durable >= 0 else None,
             "commit": m.commit if m.role == rep.LEADER else None,
-            "majority": m.has_majority() if m.role == rep.LEADER else None,
+            "majority": (
+                m.has_majority()
+                if m.role == rep.LEADER
+                else self._promised
+                if m.role == rep.RECOVERING
+                else None
+            ),
             "followers": followers,
             "disk_error": self._disk_error.message if self._disk_error else None,
         }

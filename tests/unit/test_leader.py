@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bazaar.errors import BazaarError
-from bazaar.frontend.leader import OrderRouter
+from bazaar.frontend.leader import MAX_EPOCH, Backoff, OrderRouter
 
 
 def remote(code, message="", **details):
@@ -23,6 +23,8 @@ class FakeReplica:
         self.hidden_epoch = None  # an accepted epoch its status does not show yet
         self.order_errors: list[BazaarError] = []
         self.calls: list[tuple] = []
+        self.last = (None, None)  # (last record's epoch, last number)
+        self.role, self.majority = None, None
 
     def call(self, method, /, *, timeout=None, idempotent=False, retry=None, **args):
         return self.call_args(method, args, timeout=timeout, idempotent=idempotent, retry=retry)
@@ -32,7 +34,15 @@ class FakeReplica:
         if self.down:
             raise BazaarError("UNAVAILABLE", f"replica {self.rid} unreachable")
         if method == "status":
-            return {"id": self.rid, "leader": self.leader, "epoch": self.epoch, "last_number": None}
+            return {
+                "id": self.rid,
+                "leader": self.leader,
+                "epoch": self.epoch,
+                "last_epoch": self.last[0],
+                "last_number": self.last[1],
+                "role": self.role,
+                "majority": self.majority,
+            }
         if method == "set_leader":
             known = max(self.epoch, self.hidden_epoch or 0)
             if args["epoch"] < known or (
@@ -192,3 +202,81 @@ def test_unreachable_leader_fails_over_with_same_key(make_router):
     assert (router.leader, router.epoch) == (2, 2)
     keys = [a["key"] for m, a in r3.calls + r2.calls if m == "order"]
     assert keys == ["key-7", "key-7"]
+
+
+# ---- majority, up-to-date logs, back-off, epoch range ------------------------------------
+def test_no_majority_answers_no_election_and_no_epoch_spent(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r1.down = r2.down = True
+    router = make_router(r1, r2, r3)
+    with pytest.raises(BazaarError) as info:
+        router.elect((None, 0))
+    assert info.value.code == "UNAVAILABLE" and "majority" in info.value.message
+    assert r3.set_leader_calls() == [] and router.leader is None
+
+
+def test_the_most_up_to_date_log_wins_then_the_highest_id(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r1.last, r2.last, r3.last = (2, 3), (2, 3), (1, 9)  # 3: longer, but an older last epoch
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (2, 1)
+    r4, r5, r6 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r4.last, r5.last, r6.last = (2, 3), (2, 3), (2, 4)
+    assert make_router(r4, r5, r6).elect((None, 0)) == (3, 1)
+
+
+def test_a_serving_leader_is_kept_even_when_not_the_highest_id(make_router):
+    r1, r2, r3 = FakeReplica(1, 4, 2), FakeReplica(2, 4, 2), FakeReplica(3, 4, 2)
+    r2.role, r2.majority = "leader", True
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (2, 4)  # a slow call is no reason to depose it
+    assert r2.set_leader_calls() == [] and r3.set_leader_calls() == []
+
+
+def test_a_leader_without_majority_is_replaced_by_one_with(make_router):
+    r1, r2, r3 = FakeReplica(1, 4, 3), FakeReplica(2, 4, 3), FakeReplica(3, 4, 3)
+    r3.role, r3.majority = "leader", False  # cut off from its followers
+    r3.order_errors = [remote("UNAVAILABLE", "no majority", no_majority=True, leader=3)]
+    router = make_router(r1, r2, r3)
+    router.elect((None, 0))
+    assert router.order("k", "GameStart", "buy", 1) == {"transaction_number": 0}
+    assert router.leader == 2 and (r2.leader, r2.epoch) == (2, router.epoch)
+
+
+def test_epochs_outside_the_range_are_ignored_and_never_exceeded(make_router):
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r1.epoch = 2**60  # a bad answer must not push every later epoch out of range
+    router = make_router(r1, r2, r3)
+    assert router.elect((None, 0)) == (3, 1)
+    for r in (r1, r2, r3):
+        r.epoch, r.leader = MAX_EPOCH, None
+    with pytest.raises(BazaarError) as info:
+        router.elect((3, 1))
+    assert "exhausted" in info.value.message
+    assert all(e <= MAX_EPOCH for r in (r1, r2, r3) for _, e in r.set_leader_calls())
+
+
+def test_backoff_grows_randomised_and_resets():
+    b = Backoff(base=0.1, cap=1.0, quiet=10.0)
+    assert b.wait(0.0) == 0.0  # the first election runs at once
+    waits = []
+    now = 0.0
+    for _ in range(8):
+        now += b.wait(now)
+        b.started(now)
+        waits.append(b.wait(now))
+    assert 0.05 <= waits[0] <= 0.1 and all(0.5 <= w <= 1.0 for w in waits[4:])
+    b.reset()
+    assert b.wait(now) == 0.0
+
+
+def test_a_leader_that_keeps_failing_costs_few_epochs(make_router):
+    """One bad leader (e.g. fenced at once each time) used to burn ~140 epochs a second."""
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    router = make_router(r1, r2, r3, deadline=3.0)
+    router.elect((None, 0))
+    for r in (r1, r2, r3):
+        r.order_errors = [remote("UNAVAILABLE", "fenced", not_leader=True, leader=None)] * 10_000
+    with pytest.raises(BazaarError):
+        router.order("k", "GameStart", "buy", 1)
+    assert router.epoch <= 15, router.epoch
