@@ -256,6 +256,35 @@ def test_paused_leader_is_fenced(cluster, trading):
     check_invariants(cluster, trading)
 
 
+def test_double_fault_followers_stalled_then_leader_killed(cluster, trading, seed):
+    """Both followers stall (SIGSTOP) while 8 sessions trade, the leader dies
+    (SIGKILL), the followers come back: the leader could acknowledge nothing
+    alone, so no acknowledged number may read back as another order. The
+    trades it made at the catalog meanwhile are reconciled under new numbers."""
+    rng = random.Random(seed)
+    for i in range(3):
+        leader = leader_of(cluster)
+        followers = [f"order{r}" for r in (1, 2, 3) if r != leader]
+        time.sleep(rng.uniform(0.0, 0.3))
+        print(f"round {i}: SIGSTOP {followers}, then kill -9 order{leader}")
+        for name in followers:
+            cluster.signal(name, signal.SIGSTOP)
+        try:
+            time.sleep(rng.uniform(0.6, 1.5))  # the leader is alone: orders wait or fail
+            acked = trading.count()
+            time.sleep(0.5)
+            assert trading.count() == acked, "acknowledged while both followers were stopped"
+            cluster.kill(f"order{leader}")
+        finally:
+            for name in followers:
+                cluster.signal(name, signal.SIGCONT)
+        trading.wait_progress(20)
+        cluster.start(f"order{leader}")
+        trading.wait_progress(10)
+    trading.finish()
+    check_invariants(cluster, trading)
+
+
 def test_follower_restart_catches_up(cluster, trading, seed):
     leader = leader_of(cluster)
     follower = random.Random(seed).choice([r for r in (1, 2, 3) if r != leader])
