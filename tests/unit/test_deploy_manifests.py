@@ -11,6 +11,7 @@ probes, limits and a SIGTERM grace period.
 from __future__ import annotations
 
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -118,15 +119,6 @@ def test_config_endpoints_name_the_pods_and_ports_that_exist():
         assert host_port(endpoint) == (f"order-{int(rid) - 1}.order", ports["order"]["rpc"])
 
 
-def test_order_replica_id_comes_from_the_ordinal():
-    container = main_container("order")
-    script = " ".join(container["args"])
-    assert "BAZAAR_ORDER_ID=$(( ${POD_NAME##*-} + 1 ))" in script
-    assert "exec bazaar order" in script, "bazaar must replace the shell to receive SIGTERM"
-    env = {e["name"]: e for e in container["env"]}
-    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-
-
 def test_order_replicas_land_on_different_nodes():
     spec = by_kind("StatefulSet")["order"]["spec"]
     (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
@@ -178,38 +170,75 @@ def test_memory_limits_leave_room_over_the_measured_footprint(name, measured_mb)
 
 # ---- kubernetes: keys -------------------------------------------------------
 
-
-@pytest.mark.parametrize("role", ["catalog", "frontend"])
-def test_single_pods_mount_only_their_own_secret_key(role):
-    keys_dir = config()["BAZAAR_KEYS_DIR"]
-    (mount,) = [m for m in main_container(role)["volumeMounts"] if m["mountPath"] == keys_dir]
-    assert mount["readOnly"] is True
-    volumes = {v["name"]: v for v in pod_spec(role)["volumes"]}
-    assert secret_items(volumes[mount["name"]]) == PUBLIC_KEYS | {f"{role}.key_secret"}
-    secret_volumes = [v for v in volumes.values() if "secret" in v]
-    assert len(secret_volumes) == 1
+SECRETS_IN_POD = {
+    "catalog": {"catalog.key_secret"},
+    "frontend": {"frontend.key_secret"},
+    # one pod template for three replicas: the init step picks its own
+    "order": {f"order{i}.key_secret" for i in (1, 2, 3)},
+}
 
 
-def test_order_service_sees_only_its_own_secret_key():
-    spec = pod_spec("order")
+def run_key_init(script: str, tmp_path: Path, pod_name: str) -> dict[str, int]:
+    """Run an init step's script on a full key set; {file copied: mode}."""
+    src, dst = tmp_path / "all-keys", tmp_path / "keys"
+    src.mkdir()
+    dst.mkdir()
+    for role in ROLES:
+        (src / f"{role}.key").write_text(f"public {role}\n")
+        (src / f"{role}.key_secret").write_text(f"secret {role}\n")
+    script = script.replace("/all-keys", str(src)).replace(" /keys/", f" {dst}/")
+    env = {"POD_NAME": pod_name, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", script], check=True, env=env, cwd=tmp_path)
+    return {p.name: p.stat().st_mode & 0o777 for p in dst.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("name", "pod_name", "role"),
+    [
+        ("catalog", "catalog-0", "catalog"),
+        ("frontend", "frontend-5d9c7-x2x4q", "frontend"),
+        ("order", "order-0", "order1"),
+        ("order", "order-2", "order3"),
+    ],
+)
+def test_each_service_sees_only_its_own_secret_key(name, pod_name, role, tmp_path):
+    spec = pod_spec(name)
     volumes = {v["name"]: v for v in spec["volumes"]}
+    assert {n for n, v in volumes.items() if "secret" in v} == {"all-keys"}
+    assert secret_items(volumes["all-keys"]) == PUBLIC_KEYS | SECRETS_IN_POD[name]
+    # The Secret volume is mounted in the init step alone ...
     (init,) = spec["initContainers"]
-    # The Secret volume (three order keys) is mounted in the init step alone.
-    secret_names = {name for name, v in volumes.items() if "secret" in v}
-    assert secret_names == {"all-keys"}
-    assert secret_items(volumes["all-keys"]) == PUBLIC_KEYS | {
-        f"order{i}.key_secret" for i in (1, 2, 3)
-    }
-    main_mounts = {m["name"] for m in main_container("order")["volumeMounts"]}
-    assert "all-keys" not in main_mounts
-    keys_mount = next(
-        m for m in main_container("order")["volumeMounts"] if m["mountPath"] == "/keys"
-    )
-    assert volumes[keys_mount["name"]]["emptyDir"]["medium"] == "Memory"
-    script = init["args"][0]
-    assert 'cp "/all-keys/order${id}.key_secret" /keys/' in script
-    assert "cp /all-keys/*.key /keys/" in script
-    assert script.count("key_secret") == 2  # the copy and its chmod; no other secret
+    assert "all-keys" in {m["name"] for m in init["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in main_container(name)["volumeMounts"]}
+    assert "all-keys" not in {m["name"] for m in mounts.values()}
+    # ... the service reads an in-memory copy at BAZAAR_KEYS_DIR ...
+    keys = mounts[config()["BAZAAR_KEYS_DIR"]]
+    assert keys["readOnly"] is True
+    assert volumes[keys["name"]]["emptyDir"]["medium"] == "Memory"
+    # ... which holds the public keys and its own secret key, 0400.
+    copied = run_key_init(init["args"][0], tmp_path, pod_name)
+    assert copied == {**dict.fromkeys(PUBLIC_KEYS, 0o444), f"{role}.key_secret": 0o400}
+
+
+def test_the_admin_client_pod_gets_the_client_key_only(tmp_path):
+    (pod,) = yaml.safe_load_all((K8S / "tools" / "client.yaml").read_text())
+    assert pod["metadata"]["labels"][COMPONENT] == "client"  # what the policies allow
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert secret_items(volumes["all-keys"]) == PUBLIC_KEYS | {"client.key_secret"}
+    (init,) = pod["spec"]["initContainers"]
+    copied = run_key_init(init["args"][0], tmp_path, "bazaar-client")
+    assert copied == {**dict.fromkeys(PUBLIC_KEYS, 0o444), "client.key_secret": 0o400}
+
+
+def test_order_id_is_the_ordinal_plus_one(tmp_path):
+    script = " ".join(main_container("order")["args"])
+    assert script.endswith("exec bazaar order"), "bazaar must replace the shell (SIGTERM)"
+    probe = script.replace("exec bazaar order", 'echo "$BAZAAR_ORDER_ID"')
+    for ordinal in range(3):
+        out = subprocess.run(
+            ["sh", "-c", probe], env={"POD_NAME": f"order-{ordinal}"}, capture_output=True
+        )
+        assert out.stdout.decode().strip() == str(ordinal + 1)
 
 
 # ---- kubernetes: network policies ---------------------------------------------
@@ -337,10 +366,3 @@ def test_swarm_pins_each_stateful_service_to_its_own_node():
         )
         port = replicas[str(rid)].rsplit(":", 1)[1]
         assert f"'127.0.0.1', {port})" in service["healthcheck"]["test"][-1]
-
-
-def test_the_admin_client_pod_gets_the_client_key_only():
-    (pod,) = yaml.safe_load_all((K8S / "tools" / "client.yaml").read_text())
-    assert pod["metadata"]["labels"][COMPONENT] == "client"  # what the policies allow
-    (volume,) = pod["spec"]["volumes"]
-    assert secret_items(volume) == PUBLIC_KEYS | {"client.key_secret"}
