@@ -1,4 +1,4 @@
-"""The `bazaar` command: run a role, call any RPC method, run all services, load test.
+"""The `bazaar` command: run a role, call any RPC method, run all services, export, load test.
 
 Roles are looked up lazily so `bazaar call` stays fast and light. Each role
 module exposes `run(config, stop)`, which serves until the `stop` event is set;
@@ -138,6 +138,25 @@ def call(endpoint, method, args, timeout):
         click.echo(f"{err.code}: {err.message}", err=True)
         sys.exit(1)
     click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+@main.group()
+def export():
+    """Print a service's data as the seed's CSV on stdout (safe while it runs)."""
+
+
+@export.command("market")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
+def export_market(data_dir):
+    """The catalog's market: name,price,quantity,volume,max_volume (empty max_volume: no limit)."""
+    from bazaar.catalog.export import ExportError, market_csv
+
+    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
+    try:
+        text = market_csv(cfg.data_dir)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(text, nl=False)
 
 
 def _default_url() -> str:

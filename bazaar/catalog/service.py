@@ -1,7 +1,7 @@
 """The catalog on the network: the RPC methods of docs/architecture.md and the PUB socket.
 
-Owns the wiring only: the market, its files and the trade rules live in
-`bazaar.catalog.store`. Threads:
+Owns the wiring only: the market's state and its database live in
+`bazaar.catalog.store`, the trade rules in `bazaar.catalog.market`. Threads:
 - the RPC server's I/O thread answers `lookup` and `list_stocks` inline (a
   read under the store's lock, never disk I/O); `trade`, `fence` and
   `trades_since` run on its worker pool, since they may wait for an fsync;
@@ -10,9 +10,7 @@ Owns the wiring only: the market, its files and the trade rules live in
   trade handed to it, and `[b"heartbeat", {seq, boot}]` once a second.
   `seq` counts invalidations of this process (0 before the first one; the
   heartbeat repeats the latest), `boot` is a random id per process, so a
-  subscriber sees both a lost message (a gap) and a restarted catalog;
-- the snapshot thread rewrites catalog.csv after trades, off the reply path
-  (the journal already made them durable).
+  subscriber sees both a lost message (a gap) and a restarted catalog.
 
 `run(config, stop)` is the `bazaar catalog` role; `CatalogService(config)`
 builds the same thing in-process for tests (endpoints ending in `:0` pick a
@@ -37,8 +35,6 @@ from bazaar.config import Config
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0
-# Under load catalog.csv is rewritten at most this often; each rewrite costs two fsyncs.
-SNAPSHOT_MIN_INTERVAL = 0.1
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> tuple[str, int | None]:
@@ -116,7 +112,7 @@ class Publisher:
 
 
 class CatalogService:
-    """The catalog's store, RPC server, publisher and snapshot thread, started and stopped together.
+    """The catalog's store, RPC server and publisher, started and stopped together.
 
     >>> service = CatalogService(config.with_(catalog="tcp://127.0.0.1:0",
     ...                                       catalog_pub="tcp://127.0.0.1:0")).start()
@@ -133,7 +129,6 @@ class CatalogService:
     ):
         self.config = config
         self.catalog = Catalog.open(config.data_dir)
-        self._stopping = threading.Event()
         try:
             self.publisher = Publisher(
                 rpc.bind_endpoint(config.catalog_pub),
@@ -155,9 +150,6 @@ class CatalogService:
         self.server.register("trade", self.trade)
         self.server.register("fence", self.fence)
         self.server.register("trades_since", self.trades_since)
-        self._snapshotter = threading.Thread(
-            target=self._snapshot_loop, name="catalog-snapshot", daemon=True
-        )
 
     # ---- addresses a client on this machine can connect to --------------
     @property
@@ -179,14 +171,14 @@ class CatalogService:
     def list_stocks(self):
         return {"stocks": self.catalog.stocks()}
 
-    def trade(self, key, name, type, quantity, epoch):  # `type`: the wire's field name
-        outcome = self.catalog.trade(key, name, type, quantity, epoch)
+    def trade(self, key, name, type, quantity, epoch, leader=None):  # `type`: the wire's name
+        outcome = self.catalog.trade(key, name, type, quantity, epoch, leader)
         if outcome.applied:
             self.publisher.invalidate(outcome.result["name"])
         return outcome.result
 
-    def fence(self, epoch):
-        return self.catalog.fence(epoch)
+    def fence(self, epoch, leader=None):
+        return self.catalog.fence(epoch, leader)
 
     def trades_since(self, after, limit=None):
         return self.catalog.trades_since(after, limit)
@@ -194,7 +186,6 @@ class CatalogService:
     # ---- lifecycle --------------------------------------------------------
     def start(self) -> CatalogService:
         self.publisher.start()
-        self._snapshotter.start()
         self.server.start()
         log.info(
             "catalog serving on %s, publishing on %s (boot %s)",
@@ -205,25 +196,10 @@ class CatalogService:
         return self
 
     def stop(self) -> None:
-        """Stop serving, then commit what is queued and write the last snapshot."""
-        self._stopping.set()
+        """Stop serving, then commit what is queued and close the database."""
         self.server.stop()
         self.catalog.close()
         self.publisher.stop()
-        self._snapshotter.join(1.0)
-
-    def _snapshot_loop(self) -> None:
-        while not self._stopping.is_set():
-            if not self.catalog.wait_snapshot_due(1.0):
-                continue
-            if self._stopping.is_set():
-                return  # close() wrote the last one and woke us
-            try:
-                self.catalog.write_snapshot()
-            except OSError:
-                # Not fatal: the journal holds every trade and replays on start.
-                log.exception("could not rewrite %s", self.catalog.market_path)
-            self._stopping.wait(SNAPSHOT_MIN_INTERVAL)
 
     def __enter__(self) -> CatalogService:
         return self.start()

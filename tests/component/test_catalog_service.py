@@ -10,8 +10,9 @@ import pytest
 import zmq
 
 from bazaar import rpc
+from bazaar.catalog import export
 from bazaar.catalog import service as catalog_service
-from bazaar.catalog import store
+from bazaar.catalog.market_csv import MarketFileError
 from bazaar.catalog.service import CatalogService
 from bazaar.config import Config
 from bazaar.errors import BazaarError
@@ -79,7 +80,7 @@ def error_of(client: rpc.Client, method: str, **args) -> BazaarError:
     return excinfo.value
 
 
-def trade_args(key: str, name: str = "GameStart", type: str = "buy", quantity=1, epoch=0):
+def trade_args(key: str, name: str = "GameStart", type: str = "buy", quantity=1, epoch=1):
     return {"key": key, "name": name, "type": type, "quantity": quantity, "epoch": epoch}
 
 
@@ -90,8 +91,8 @@ def test_ping_and_methods(client):
     assert client.call("ping")["service"] == "catalog"
     methods = {m["name"]: m["args"] for m in client.call("methods")}
     assert methods["lookup"] == ["name"]
-    assert methods["trade"] == ["key", "name", "type", "quantity", "epoch"]
-    assert methods["fence"] == ["epoch"]
+    assert methods["trade"] == ["key", "name", "type", "quantity", "epoch", "leader"]
+    assert methods["fence"] == ["epoch", "leader"]
     assert methods["trades_since"] == ["after", "limit"]
 
 
@@ -143,6 +144,9 @@ def test_trade_and_its_repeat(client):
         ({"type": "hold"}, "INVALID_ARGUMENT"),
         ({"key": ""}, "INVALID_ARGUMENT"),
         ({"epoch": False}, "INVALID_ARGUMENT"),
+        ({"epoch": 0}, "INVALID_ARGUMENT"),
+        ({"epoch": 2**53}, "INVALID_ARGUMENT"),
+        ({"leader": "1"}, "INVALID_ARGUMENT"),
         ({"name": "Nope"}, "NOT_FOUND"),
         ({"name": "Scarce", "quantity": 11}, "FAILED_PRECONDITION"),
         ({"name": "Capped", "type": "sell", "quantity": 6}, "FAILED_PRECONDITION"),
@@ -161,12 +165,23 @@ def test_trade_needs_every_argument(client):
 
 
 def test_fence_over_rpc(client):
-    assert client.call("fence", epoch=4) == {"epoch": 4}
-    assert client.call("fence", epoch=2) == {"epoch": 4}
+    assert client.call("fence", epoch=4) == {"epoch": 4, "leader": None}
+    assert client.call("fence", epoch=2) == {"epoch": 4, "leader": None}
     err = error_of(client, "trade", **trade_args("stale", epoch=3))
-    assert err.code == "ABORTED" and err.details == {"epoch": 4}
+    assert err.code == "ABORTED" and err.details == {"epoch": 4, "leader": None}
     assert client.call("trade", **trade_args("current", epoch=4))["seq"] == 1
     assert error_of(client, "fence", epoch="5").code == "INVALID_ARGUMENT"
+    assert error_of(client, "fence", epoch=0).code == "INVALID_ARGUMENT"
+
+
+def test_fence_with_leader_over_rpc(client):
+    assert client.call("fence", epoch=5, leader=3) == {"epoch": 5, "leader": 3}
+    err = error_of(client, "fence", epoch=5, leader=2)
+    assert err.code == "ABORTED" and err.details == {"epoch": 5, "leader": 3}
+    err = error_of(client, "trade", **trade_args("other", epoch=5) | {"leader": 2})
+    assert err.code == "ABORTED" and err.details == {"epoch": 5, "leader": 3}
+    assert client.call("trade", **trade_args("mine", epoch=5) | {"leader": 3})["seq"] == 1
+    assert client.call("fence", epoch=6, leader=2) == {"epoch": 6, "leader": 2}
 
 
 def test_trades_since_over_rpc(client):
@@ -272,15 +287,15 @@ def test_concurrent_trades_give_gapless_publication_seq(client, subscriber):
 # ---- files and restarts -----------------------------------------------------------------------
 
 
-def test_catalog_csv_catches_up_with_trades(service, client, data_dir):
+def exported(data_dir) -> dict[str, tuple[int, int]]:
+    """(quantity, volume) per stock as a read-only reader of catalog.db sees them."""
+    return {s.name: (s.quantity, s.volume) for s in export.read_market(data_dir)}
+
+
+def test_an_acknowledged_trade_is_in_the_database_at_once(service, client, data_dir):
     for i in range(5):
         client.call("trade", **trade_args(f"k{i}", "Scarce"))
-
-    def snapshot_quantity():
-        market = store.read_market(data_dir / "catalog.csv")
-        return market["Scarce"].quantity == 5 and market["Scarce"].volume == 5
-
-    wait_until(snapshot_quantity, timeout=10, msg="catalog.csv shows the trades")
+        assert exported(data_dir)["Scarce"] == (9 - i, i + 1)  # while the catalog runs
 
 
 def test_restart_keeps_state_and_announces_a_new_boot(data_dir):
@@ -295,13 +310,13 @@ def test_restart_keeps_state_and_announces_a_new_boot(data_dir):
         with rpc.Client(second.rpc_endpoint, timeout=10.0) as client:
             assert client.call("lookup", name="Scarce")["quantity"] == 6
             assert client.call("trade", **trade_args("k", "Scarce", quantity=4, epoch=2)) == result
-            assert client.call("fence", epoch=0) == {"epoch": 2}
-    assert store.read_market(data_dir / "catalog.csv")["Scarce"].quantity == 6
+            assert client.call("fence", epoch=1) == {"epoch": 2, "leader": None}
+    assert exported(data_dir)["Scarce"] == (6, 4)
 
 
 def test_corrupt_market_file_stops_the_start(data_dir):
     (data_dir / "catalog.csv").write_text("name,price,quantity,volume,max_volume\nA,x,1,0,\n")
-    with pytest.raises(store.MarketFileError, match="line 2"):
+    with pytest.raises(MarketFileError, match="line 2"):
         CatalogService(config_for(data_dir))
 
 
@@ -333,4 +348,4 @@ def test_run_serves_until_stop_and_returns_promptly(data_dir):
     assert not runner.is_alive()
     # Generous for a busy 2-core machine; the design target is well under a second.
     assert time.monotonic() - stopped_at < 5
-    assert store.read_market(data_dir / "catalog.csv")["Scarce"].quantity == 9
+    assert exported(data_dir)["Scarce"] == (9, 1)

@@ -1,14 +1,21 @@
-"""The catalog as a real process: SIGKILL in the middle of a stream of trades loses nothing.
+"""The catalog as a real process: SIGKILL mid-stream, a full disk, a read-only data dir.
 
-Each round streams trades from a thread, kills the catalog with SIGKILL while
-trades are in flight, checks that its files load, restarts it on the same data
-dir and checks that every acknowledged trade is there exactly once, that only
-the one trade in flight at the kill may or may not be, and that quantities and
-volumes are what the listed trades imply.
+Each kill round streams trades from a thread, kills the catalog with SIGKILL
+while trades are in flight, checks that its catalog.db loads, restarts it on
+the same data dir and checks that every acknowledged trade is there exactly
+once, that only the one trade in flight at the kill may or may not be, and that
+quantities and volumes are what the listed trades imply.
+
+The disk tests put the catalog's data dir on a small tmpfs (root only; skipped
+otherwise): a full disk makes trades UNAVAILABLE (never INTERNAL) without
+losing anything acknowledged, and trading resumes once there is room again; a
+read-only data dir stops the start with one clear line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import shutil
 import signal
@@ -21,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from bazaar import rpc
-from bazaar.catalog import store
+from bazaar.catalog import export, store
 from bazaar.errors import BazaarError
 from tests.conftest import wait_until
 from tests.system.cluster import Cluster
@@ -81,7 +88,7 @@ class TradeStream(threading.Thread):
                 name, trade_type, quantity = request
                 try:
                     result = self.client.call(
-                        "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=0
+                        "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=1
                     )
                 except BazaarError as err:
                     if err.code == "FAILED_PRECONDITION":
@@ -154,11 +161,10 @@ def test_sigkill_mid_stream_loses_no_acknowledged_trade(cluster, tmp_path):
         acknowledged |= stream.acknowledged
         requests |= stream.requests
 
-        # Straight after the kill both files load (a torn journal tail is repaired by
-        # the open, here on a copy so the real restart below meets the raw state).
-        assert store.read_market(cluster.catalog_csv()) is not None
+        # Straight after the kill the database loads (here a copy, so the real
+        # restart below meets the raw state the kill left).
         copy = tmp_path / f"after-kill-{round_number}"
-        shutil.copytree(cluster.catalog_csv().parent, copy)
+        shutil.copytree(cluster.data_dir("catalog"), copy)
         store.Catalog.open(copy).close()
 
         cluster.start("catalog")
@@ -168,28 +174,25 @@ def test_sigkill_mid_stream_loses_no_acknowledged_trade(cluster, tmp_path):
             # A retry of the unanswered trade settles it: applied once, whatever happened.
             for key, (name, trade_type, quantity) in stream.in_flight.items():
                 acknowledged[key] = client.call(
-                    "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=0
+                    "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=1
                 )
             trades = check_catalog(client, acknowledged, requests, in_flight=set())
             assert len(trades) == len(acknowledged)
-
-            def snapshot_matches():
-                market = store.read_market(cluster.catalog_csv())
-                return all(
-                    market[name].to_dict() == client.call("lookup", name=name) for name in STOCKS
-                )
-
-            wait_until(snapshot_matches, timeout=10, msg="catalog.csv catches up")
+            # `bazaar export market` beside the running catalog shows the same market.
+            market = {s.name: s.to_dict() for s in export.read_market(cluster.data_dir("catalog"))}
+            for name in STOCKS:
+                assert market[name] == client.call("lookup", name=name)
 
 
 def test_sigterm_stops_promptly_and_keeps_the_trades(cluster):
     proc = cluster.start("catalog")
     wait_catalog_up(cluster)
     with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
-        client.call("trade", key="k", name="BoarCo", type="buy", quantity=7, epoch=0)
+        client.call("trade", key="k", name="BoarCo", type="buy", quantity=7, epoch=1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    assert store.read_market(cluster.catalog_csv())["BoarCo"].quantity == 93
+    market = {s.name: s for s in export.read_market(cluster.data_dir("catalog"))}
+    assert (market["BoarCo"].quantity, market["BoarCo"].volume) == (93, 7)
 
 
 def test_corrupt_market_file_is_a_one_line_startup_error(cluster):
@@ -213,3 +216,95 @@ def test_root_launcher_runs_the_catalog_role():
     )
     assert done.returncode == 0, done.stderr
     assert "catalog" in done.stdout.lower()
+
+
+# ---- disk failures (root only: a small tmpfs as the data dir) -------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """The catalog's data dir on its own 8 MiB tmpfs; yields its path."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs as a data dir")
+    path = tmp_path / "catalog"
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)])
+    if done.returncode != 0:
+        pytest.skip("mount is not permitted here")
+    yield path
+    subprocess.run(["umount", "-l", str(path)])
+
+
+def fill(path: Path) -> None:
+    """Fill the file system holding `path` up to the last byte."""
+    with open(path / "filler", "wb", buffering=0) as fh:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
+
+
+def test_full_disk_is_unavailable_and_loses_nothing(cluster, small_disk):
+    cluster.start("catalog")
+    wait_catalog_up(cluster)
+    acknowledged: dict[str, dict] = {}
+    requests: dict[str, tuple[str, str, int]] = {}
+    unavailable: set[str] = set()
+    rng = random.Random(7)
+    with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+
+        def trade(key: str) -> str:
+            request = (rng.choice(STOCKS), "sell", rng.randint(1, 5))
+            requests[key] = request
+            name, trade_type, quantity = request
+            try:
+                acknowledged[key] = client.call(
+                    "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=1
+                )
+                return "OK"
+            except BazaarError as err:
+                assert err.remote and err.code == "UNAVAILABLE", err  # never INTERNAL
+                unavailable.add(key)
+                return err.code
+
+        for i in range(20):
+            assert trade(f"before-{i}") == "OK"
+        fill(small_disk)
+        # The WAL may reuse space it already has for a while; it soon needs more.
+        for i in range(3000):
+            trade(f"full-{i}")
+            if len(unavailable) >= 5:
+                break
+        assert unavailable, "the full disk never stopped a trade"
+        assert cluster.procs["catalog"].poll() is None, "the catalog died of a full disk"
+        assert client.call("lookup", name="GameStart")["name"] == "GameStart"  # reads go on
+        check_catalog(client, acknowledged, requests, in_flight=set())
+        (small_disk / "filler").unlink()
+        # Room again: the refused trades go through on retry, once each.
+        for key in sorted(unavailable):
+            name, trade_type, quantity = requests[key]
+            acknowledged[key] = client.call(
+                "trade", key=key, name=name, type=trade_type, quantity=quantity, epoch=1
+            )
+    cluster.kill("catalog")
+    cluster.start("catalog")
+    wait_catalog_up(cluster)
+    with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+        trades = check_catalog(client, acknowledged, requests, in_flight=set())
+    assert len(trades) == len(acknowledged)
+    log_text = (cluster.root / "catalog.log").read_text()
+    assert "database or disk is full" in log_text and "Traceback" not in log_text
+
+
+def test_read_only_data_dir_is_a_one_line_startup_error(cluster, small_disk):
+    proc = cluster.start("catalog")
+    wait_catalog_up(cluster)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    done = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)])
+    assert done.returncode == 0
+    proc = cluster.start("catalog")
+    assert proc.wait(30) != 0
+    output = (cluster.root / "catalog.log").read_text()
+    assert "Traceback" not in output
+    assert "UNAVAILABLE" in output and str(small_disk) in output

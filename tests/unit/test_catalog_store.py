@@ -1,14 +1,18 @@
-"""The catalog store on real files: the market CSV, the trade rules, the journal and the fence."""
+"""The catalog store on a real SQLite file: trades, idempotency, the fence, restarts, write failures."""
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
+import time
 
 import pytest
 
-from bazaar.catalog import store
-from bazaar.catalog.store import Catalog, MarketFileError, Stock
+from bazaar.catalog import db, store
+from bazaar.catalog.market import Fence, Stock, Trade
+from bazaar.catalog.market_csv import MarketFileError
+from bazaar.catalog.store import Catalog
 from bazaar.errors import BazaarError
 
 LIMITED_MARKET = """name,price,quantity,volume,max_volume
@@ -40,12 +44,12 @@ def code_of(excinfo) -> str:
     return excinfo.value.code
 
 
-def buy(cat: Catalog, key: str, name: str, quantity: int, epoch: int = 0):
-    return cat.trade(key, name, "buy", quantity, epoch)
+def buy(cat: Catalog, key: str, name: str, quantity: int, epoch: int = 1, leader=None):
+    return cat.trade(key, name, "buy", quantity, epoch, leader)
 
 
-def sell(cat: Catalog, key: str, name: str, quantity: int, epoch: int = 0):
-    return cat.trade(key, name, "sell", quantity, epoch)
+def sell(cat: Catalog, key: str, name: str, quantity: int, epoch: int = 1, leader=None):
+    return cat.trade(key, name, "sell", quantity, epoch, leader)
 
 
 def held(cat: Catalog, name: str) -> tuple[int, int]:
@@ -54,16 +58,26 @@ def held(cat: Catalog, name: str) -> tuple[int, int]:
     return stock["quantity"], stock["volume"]
 
 
+def on_disk(data_dir) -> tuple[dict[str, Stock], Fence, int]:
+    """(market, fence, last seq) as catalog.db holds them, read by a connection of our own."""
+    conn = db.connect(data_dir / "catalog.db", readonly=True)
+    try:
+        return db.load_market(conn), db.load_fence(conn), db.last_seq(conn)
+    finally:
+        conn.close()
+
+
 def crash_copy(cat: Catalog, dest):
     """The data dir as a crash would leave it: the files as they are now, no close()."""
     shutil.copytree(cat.data_dir, dest)
+    (dest / "catalog.lock").unlink()
     return dest
 
 
-# ---- the market file -------------------------------------------------------
+# ---- the market -------------------------------------------------------------------------
 
 
-def test_default_market_is_created_and_written(tmp_path):
+def test_default_market_is_created_in_the_database(tmp_path):
     with Catalog.open(tmp_path / "fresh") as cat:
         stocks = {s["name"]: s for s in cat.stocks()}
     assert len(stocks) >= 10
@@ -71,23 +85,22 @@ def test_default_market_is_created_and_written(tmp_path):
     for stock in stocks.values():
         assert stock["quantity"] == 100 and stock["volume"] == 0
         assert stock["max_volume"] is None and stock["price"] > 0
-    on_disk = store.read_market(tmp_path / "fresh" / "catalog.csv")
-    assert {name: s.to_dict() for name, s in on_disk.items()} == stocks
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["catalog.db", "catalog.lock"]
+    market, fence, last = on_disk(tmp_path / "fresh")
+    assert {name: s.to_dict() for name, s in market.items()} == stocks
+    assert (fence, last) == (Fence(0, None), 0)
 
 
-def test_market_csv_round_trip():
-    market = {
-        "A, Inc.": Stock("A, Inc.", 0.1, 7, 3, None),
-        'Quote"Co': Stock('Quote"Co', 1234.5678, 0, 10, 10),
-        "Plain": Stock("Plain", 3.0, 100, 0, 500),
-    }
-    text = store.format_market(market)
-    assert text.splitlines()[0] == "name,price,quantity,volume,max_volume"
-    assert store.parse_market(text) == market
-    assert list(store.parse_market(text)) == list(market)  # order kept
+def test_database_is_wal_with_full_sync(catalog):
+    conn = sqlite3.connect(catalog.db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+    assert catalog._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_market_file_with_limits_loads(limited):
+def test_hand_written_market_file_is_imported(limited):
     assert limited.lookup("Capped") == {
         "name": "Capped",
         "price": 10.5,
@@ -96,52 +109,25 @@ def test_market_file_with_limits_loads(limited):
         "max_volume": 10,
     }
     assert limited.lookup("Open")["max_volume"] is None
+    assert [s["name"] for s in limited.stocks()] == ["Capped", "Open", "Scarce"]  # file order
+    assert not (limited.data_dir / "catalog.csv").exists()
+    assert (limited.data_dir / "catalog.csv.imported").read_text() == LIMITED_MARKET
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "words"),
-    [
-        ("", 1, "empty"),
-        ("name,price,qty,volume,max_volume\nA,1,1,0,\n", 1, "header"),
-        ("name,price,quantity,volume,max_volume\n", 1, "no stocks"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,0,\nB,abc,1,0,\n", 3, "price"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,0,\nB,nan,1,0,\n", 3, "price"),
-        ("name,price,quantity,volume,max_volume\nA,1,-1,0,\n", 2, "quantity"),
-        ("name,price,quantity,volume,max_volume\nA,1,1.5,0,\n", 2, "quantity"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,x,\n", 2, "volume"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,0,lots\n", 2, "max_volume"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,0\n", 2, "fields"),
-        ("name,price,quantity,volume,max_volume\n,1,1,0,\n", 2, "name"),
-        ("name,price,quantity,volume,max_volume\nA,1,1,0,\n\nA,2,2,0,\n", 4, "twice"),
-        ('name,price,quantity,volume,max_volume\n"A,1,1,0,\n', 2, "CSV"),
-    ],
-)
-def test_corrupt_market_file_names_file_and_line(tmp_path, text, line, words):
+def test_corrupt_market_file_stops_the_start_and_stays(tmp_path):
     data = tmp_path / "bad"
     data.mkdir()
     path = data / "catalog.csv"
+    text = "name,price,quantity,volume,max_volume\nA,1,1,0,\nB,abc,1,0,\n"
     path.write_text(text)
     with pytest.raises(MarketFileError) as excinfo:
         Catalog.open(data)
-    err = excinfo.value
-    assert err.line == line
-    assert str(path) in err.message and f"line {line}" in err.message
-    assert words.lower() in err.message.lower()
-    assert err.code == "DATA_LOSS"
+    assert excinfo.value.line == 3 and f"{path}, line 3" in excinfo.value.message
     assert path.read_text() == text  # never silently replaced
-    # The data dir was released: fixing the file is enough to start.
+    # The data dir was released and nothing half-made is left: fixing the file is enough.
     path.write_text(LIMITED_MARKET)
-    Catalog.open(data).close()
-
-
-def test_market_file_not_utf8_names_line(tmp_path):
-    data = tmp_path / "bad"
-    data.mkdir()
-    (data / "catalog.csv").write_bytes(
-        b"name,price,quantity,volume,max_volume\nA,1,1,0,\n\xff,1,1,0,\n"
-    )
-    with pytest.raises(MarketFileError, match="line 3"):
-        Catalog.open(data)
+    with Catalog.open(data) as cat:
+        assert cat.lookup("Scarce")["quantity"] == 3
 
 
 def test_unreadable_market_file_is_an_error(tmp_path):
@@ -157,7 +143,36 @@ def test_one_catalog_per_data_dir(catalog):
     assert code_of(excinfo) == "FAILED_PRECONDITION"
 
 
-# ---- lookups and trades ------------------------------------------------------
+def test_database_of_a_newer_release_is_refused(tmp_path):
+    data = tmp_path / "data"
+    Catalog.open(data).close()
+    conn = sqlite3.connect(data / "catalog.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(BazaarError, match="newer release") as excinfo:
+        Catalog.open(data)
+    assert code_of(excinfo) == "UNAVAILABLE"
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    real = db.connect
+
+    def read_only(path, **kw):
+        if kw.get("writer"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real(path, **kw)
+
+    monkeypatch.setattr(db, "connect", read_only)
+    with pytest.raises(BazaarError, match="cannot open the catalog's database") as excinfo:
+        Catalog.open(data)
+    assert code_of(excinfo) == "UNAVAILABLE" and "readonly" in excinfo.value.message
+    monkeypatch.undo()
+    Catalog.open(data).close()  # the lock was released
+
+
+# ---- lookups and trades -----------------------------------------------------------------
 
 
 def test_lookup(catalog):
@@ -186,43 +201,36 @@ def test_buy_and_sell_change_quantity_and_volume(catalog):
     assert second.result["seq"] == 2
     assert held(catalog, "GameStart") == (97, 7)
     assert catalog.last_seq == 2
+    market, _, last = on_disk(catalog.data_dir)  # committed, not only in memory
+    assert (market["GameStart"].quantity, market["GameStart"].volume, last) == (97, 7, 2)
 
 
 @pytest.mark.parametrize(
     "changes",
     [
         {"key": ""},
-        {"key": "x" * 201},
         {"key": "line\nbreak"},
-        {"key": 7},
-        {"name": 5},
         {"name": ""},
-        {"trade_type": "BUY"},
         {"trade_type": "short"},
-        {"trade_type": None},
         {"quantity": 0},
-        {"quantity": -1},
         {"quantity": True},
-        {"quantity": 1.0},
-        {"quantity": "1"},
-        {"quantity": store.MAX_TRADE_QUANTITY + 1},
-        {"epoch": True},
-        {"epoch": -1},
-        {"epoch": "1"},
-        {"epoch": None},
+        {"epoch": 0},
+        {"epoch": 2**53},
+        {"leader": 0},
     ],
 )
-def test_invalid_trade_arguments(catalog, changes):
-    args = {"key": "k", "name": "GameStart", "trade_type": "buy", "quantity": 1, "epoch": 0}
+def test_invalid_trade_arguments_change_nothing(catalog, changes):
+    args = {"key": "k", "name": "GameStart", "trade_type": "buy", "quantity": 1, "epoch": 1}
     args.update(changes)
     with pytest.raises(BazaarError) as excinfo:
         catalog.trade(**args)
     assert code_of(excinfo) == "INVALID_ARGUMENT"
-    assert catalog.last_seq == 0
+    assert catalog.last_seq == 0 and catalog.fenced_epoch == 0
 
 
-def test_longest_key_is_accepted(catalog):
-    assert buy(catalog, "x" * 200, "GameStart", 1).applied
+def test_longest_key_and_largest_epoch_are_accepted(catalog):
+    assert buy(catalog, "x" * 200, "GameStart", 1, epoch=2**53 - 1).applied
+    assert catalog.fenced_epoch == 2**53 - 1
 
 
 def test_unknown_stock_is_not_found(catalog):
@@ -248,24 +256,16 @@ def test_max_volume_limit(limited):
     assert limited.lookup("Capped")["volume"] == 10
     for trade_type in ("buy", "sell"):
         with pytest.raises(BazaarError) as excinfo:
-            limited.trade("c", "Capped", trade_type, 1, 0)
+            limited.trade("c", "Capped", trade_type, 1, 1)
         assert code_of(excinfo) == "FAILED_PRECONDITION"
         assert "limit" in excinfo.value.message
     assert held(limited, "Capped") == (102, 10)
     assert limited.last_seq == 2
-    # No limit on the other stock.
-    sell(limited, "d", "Open", 1000)
+    sell(limited, "d", "Open", 1000)  # no limit on the other stock
     assert limited.lookup("Open")["volume"] == 1000
 
 
-def test_max_volume_refuses_one_trade_that_would_jump_past_it(limited):
-    with pytest.raises(BazaarError) as excinfo:
-        buy(limited, "k", "Capped", 11)
-    assert code_of(excinfo) == "FAILED_PRECONDITION"
-    assert limited.lookup("Capped")["volume"] == 0
-
-
-# ---- idempotency ---------------------------------------------------------------
+# ---- idempotency ----------------------------------------------------------------------------
 
 
 def test_same_key_same_trade_returns_first_result(catalog):
@@ -285,10 +285,17 @@ def test_same_key_same_trade_returns_first_result(catalog):
 def test_same_key_different_trade_is_already_exists(catalog, name, trade_type, quantity):
     buy(catalog, "order-1", "BoarCo", 3)
     with pytest.raises(BazaarError) as excinfo:
-        catalog.trade("order-1", name, trade_type, quantity, 0)
+        catalog.trade("order-1", name, trade_type, quantity, 1)
     assert code_of(excinfo) == "ALREADY_EXISTS"
     assert excinfo.value.details == {"seq": 1}
     assert catalog.last_seq == 1 and catalog.lookup("FishCo")["quantity"] == 100
+
+
+def test_keys_are_looked_up_in_the_database_not_kept_in_memory(catalog):
+    for i in range(50):
+        sell(catalog, f"k{i}", "BardCo", 1)
+    assert catalog._pending_keys == {} and catalog._queue == []
+    assert sell(catalog, "k7", "BardCo", 1).result["seq"] == 8  # found on disk
 
 
 def test_concurrent_buys_never_oversell(limited):
@@ -314,16 +321,41 @@ def test_concurrent_buys_never_oversell(limited):
     assert [t["seq"] for t in limited.trades_since(0)["trades"]] == [1, 2, 3]
 
 
-# ---- fencing ---------------------------------------------------------------------
+def test_concurrent_trades_share_commits(catalog, monkeypatch):
+    commits = []
+    real = db.commit_batch
+
+    def counting(conn, trades, stocks, fence):
+        commits.append(len(trades))
+        time.sleep(0.002)  # a disk flush: others queue behind it meanwhile
+        real(conn, trades, stocks, fence)
+
+    monkeypatch.setattr(db, "commit_batch", counting)
+
+    def seller(thread: int):
+        for i in range(20):
+            sell(catalog, f"s{thread}-{i}", "RoadCo", 1)
+
+    threads = [threading.Thread(target=seller, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(commits) == 160 and catalog.last_seq == 160
+    assert len(commits) < 160  # group commit: some transactions carried several trades
+    assert held(catalog, "RoadCo") == (260, 160)
+
+
+# ---- fencing ----------------------------------------------------------------------------------
 
 
 def test_fence_only_rises_and_refuses_older_epochs(catalog):
-    assert catalog.fence(3) == {"epoch": 3}
-    assert catalog.fence(1) == {"epoch": 3}
+    assert catalog.fence(3) == {"epoch": 3, "leader": None}
+    assert catalog.fence(1) == {"epoch": 3, "leader": None}
     with pytest.raises(BazaarError) as excinfo:
         buy(catalog, "old-leader", "GameStart", 1, epoch=2)
     assert code_of(excinfo) == "ABORTED"
-    assert excinfo.value.details == {"epoch": 3}
+    assert excinfo.value.details == {"epoch": 3, "leader": None}
     assert catalog.lookup("GameStart")["quantity"] == 100
     assert buy(catalog, "new-leader", "GameStart", 1, epoch=3).applied
     # An old leader cannot even have an earlier result repeated to it.
@@ -332,44 +364,58 @@ def test_fence_only_rises_and_refuses_older_epochs(catalog):
     assert code_of(excinfo) == "ABORTED"
 
 
-def test_a_trade_fences_its_own_epoch(catalog):
-    buy(catalog, "k1", "GameStart", 1, epoch=5)
-    assert catalog.fenced_epoch == 5
+def test_fence_records_the_leader_and_refuses_another_in_that_epoch(catalog):
+    assert catalog.fence(4, leader=3) == {"epoch": 4, "leader": 3}
+    assert catalog.fence(4, leader=3) == {"epoch": 4, "leader": 3}  # repeating is fine
     with pytest.raises(BazaarError) as excinfo:
-        buy(catalog, "k2", "GameStart", 1, epoch=4)
-    assert excinfo.value.details == {"epoch": 5}
-    assert catalog.fence(2) == {"epoch": 5}
+        catalog.fence(4, leader=2)
+    assert code_of(excinfo) == "ABORTED"
+    assert excinfo.value.details == {"epoch": 4, "leader": 3}
+    with pytest.raises(BazaarError) as excinfo:
+        buy(catalog, "k", "FishCo", 1, epoch=4, leader=2)
+    assert code_of(excinfo) == "ABORTED"
+    assert buy(catalog, "k", "FishCo", 1, epoch=4, leader=3).applied
+    assert buy(catalog, "k2", "FishCo", 1, epoch=4).applied  # no leader named: epoch alone
+    assert catalog.fence(5, leader=2) == {"epoch": 5, "leader": 2}
+    assert on_disk(catalog.data_dir)[1] == Fence(5, 2)
+
+
+def test_a_trade_fences_its_own_epoch_durably(tmp_path):
+    data = tmp_path / "data"
+    with Catalog.open(data) as cat:
+        buy(cat, "k1", "GameStart", 1, epoch=5, leader=2)
+        assert cat.fence_state == Fence(5, 2)
+        with pytest.raises(BazaarError) as excinfo:
+            buy(cat, "k2", "GameStart", 1, epoch=4)
+        assert excinfo.value.details == {"epoch": 5, "leader": 2}
+        assert cat.fence(2) == {"epoch": 5, "leader": 2}
+    with Catalog.open(data) as cat:
+        assert cat.fence_state == Fence(5, 2)
+        with pytest.raises(BazaarError):
+            buy(cat, "k3", "GameStart", 1, epoch=5, leader=1)
 
 
 def test_fence_survives_restart(tmp_path):
     data = tmp_path / "data"
     with Catalog.open(data) as cat:
-        cat.fence(7)
-    assert (data / "fence.txt").read_text() == "7\n"
+        cat.fence(7, 1)
     with Catalog.open(data) as cat:
-        assert cat.fence(0) == {"epoch": 7}
-        buy(cat, "k", "FishCo", 1, epoch=9)
-    (data / "catalog.csv").unlink()  # the journal alone still carries epoch 9
-    with Catalog.open(data) as cat:
-        assert cat.fenced_epoch == 9
+        assert cat.fence(1) == {"epoch": 7, "leader": 1}
 
 
-def test_invalid_fence_epoch(catalog):
-    for bad in (-1, True, "3", None, 1.5):
+def test_invalid_fence_arguments(catalog):
+    for bad in (-1, 0, 2**53, True, "3", None, 1.5):
         with pytest.raises(BazaarError) as excinfo:
             catalog.fence(bad)
         assert code_of(excinfo) == "INVALID_ARGUMENT"
+    for bad in (0, -2, True, "1", 1.0):
+        with pytest.raises(BazaarError) as excinfo:
+            catalog.fence(1, bad)
+        assert code_of(excinfo) == "INVALID_ARGUMENT"
+    assert catalog.fenced_epoch == 0
 
 
-def test_damaged_fence_file_is_an_error(tmp_path):
-    data = tmp_path / "data"
-    Catalog.open(data).close()
-    (data / "fence.txt").write_text("seven\n")
-    with pytest.raises(MarketFileError, match="fence.txt, line 1"):
-        Catalog.open(data)
-
-
-# ---- trades_since ------------------------------------------------------------------
+# ---- trades_since ----------------------------------------------------------------------------
 
 
 def test_trades_since(catalog):
@@ -405,19 +451,15 @@ def test_trades_since_pages_are_bounded(catalog, monkeypatch):
     assert len(page["trades"]) == 3 and page["more"]
 
 
-# ---- the journal ----------------------------------------------------------------------
+# ---- restarts and crashes ----------------------------------------------------------------------
 
 
-def test_journal_replays_over_a_stale_snapshot(catalog, tmp_path):
+def test_state_survives_a_crash(catalog, tmp_path):
     buy(catalog, "a", "GameStart", 10)
     sell(catalog, 'b,with "quotes", commas', "FishCo", 4)
     buy(catalog, "c", "GameStart", 1, epoch=2)
     copy = crash_copy(catalog, tmp_path / "crashed")
-    # Nobody wrote a snapshot: catalog.csv still says 100 everywhere.
-    assert store.read_market(copy / "catalog.csv")["GameStart"].quantity == 100
     with Catalog.open(copy) as again:
-        # The snapshot is brought up to date at once, not at the next trade.
-        assert store.read_market(copy / "catalog.csv")["GameStart"].quantity == 89
         assert again.lookup("GameStart") == catalog.lookup("GameStart")
         assert again.lookup("FishCo") == catalog.lookup("FishCo")
         assert again.last_seq == 3 and again.fenced_epoch == 2
@@ -428,98 +470,24 @@ def test_journal_replays_over_a_stale_snapshot(catalog, tmp_path):
         assert buy(again, "d", "BoarCo", 1, epoch=2).result["seq"] == 4
 
 
-def test_snapshot_and_journal_agree_after_close(tmp_path):
+def test_start_is_fast_and_does_not_replay_a_long_history(tmp_path):
     data = tmp_path / "data"
+    Catalog.open(data).close()
+    conn = db.connect(data / "catalog.db", writer=True)
+    quantity = 100
+    for start in range(1, 50_001, 10_000):  # bulk, through the store's own commit statement
+        trades = []
+        for seq in range(start, start + 10_000):
+            quantity += 1
+            trades.append(Trade(seq, f"key-{seq}", "FishCo", "sell", 1, 1, quantity, seq))
+        db.commit_batch(conn, trades, [Stock("FishCo", 12.25, quantity, 50_000)], None)
+    conn.close()
+    began = time.monotonic()
     with Catalog.open(data) as cat:
-        buy(cat, "a", "DruidCo", 30)
-        expected = cat.stocks()
-    snapshot = store.read_market(data / "catalog.csv")
-    assert [s.to_dict() for s in snapshot.values()] == expected
-    with Catalog.open(data) as cat:  # replaying over an up-to-date snapshot changes nothing
-        assert cat.stocks() == expected
-
-
-def test_write_snapshot(catalog):
-    buy(catalog, "a", "PotionCo", 2)
-    assert catalog.wait_snapshot_due(0)
-    catalog.write_snapshot()
-    assert not catalog.wait_snapshot_due(0)
-    assert store.read_market(catalog.market_path)["PotionCo"].quantity == 98
-    assert not list(catalog.data_dir.glob("*.tmp"))
-
-
-@pytest.mark.parametrize(
-    "tail",
-    [
-        b"3,c,GameStart,buy,1,0,8",  # cut inside the line
-        b"3,c,GameStart,buy,1,0,88,12,00000000\n",  # complete line, wrong checksum
-        b"\x00\x00\x00\x00",  # zeros left by the file system
-        b"3,c,GameSt",
-    ],
-)
-def test_torn_last_journal_line_is_cut_off(catalog, tmp_path, tail):
-    buy(catalog, "a", "GameStart", 10)
-    buy(catalog, "b", "GameStart", 1)
-    copy = crash_copy(catalog, tmp_path / "crashed")
-    journal = copy / "trades.csv"
-    intact = journal.read_bytes()
-    journal.write_bytes(intact + tail)
-    with Catalog.open(copy) as again:
-        assert again.last_seq == 2
-        assert again.lookup("GameStart")["quantity"] == 89
-        assert journal.read_bytes() == intact  # repaired on disk
-        assert buy(again, "c", "GameStart", 1).result["seq"] == 3
-    with Catalog.open(copy) as again:
-        assert again.last_seq == 3
-
-
-def test_damaged_line_before_intact_ones_is_an_error(catalog, tmp_path):
-    for i in range(3):
-        buy(catalog, f"k{i}", "GameStart", 1)
-    copy = crash_copy(catalog, tmp_path / "crashed")
-    journal = copy / "trades.csv"
-    lines = journal.read_bytes().splitlines(keepends=True)
-    lines[2] = lines[2].replace(b"GameStart", b"GameStarz")  # line 3 of the file
-    journal.write_bytes(b"".join(lines))
-    with pytest.raises(MarketFileError) as excinfo:
-        Catalog.open(copy)
-    assert excinfo.value.line == 3 and "trades.csv, line 3" in excinfo.value.message
-    assert journal.read_bytes() == b"".join(lines)  # left alone for a human to look at
-
-
-def test_journal_naming_an_unknown_stock_is_an_error(catalog, tmp_path):
-    buy(catalog, "k", "BardCo", 1)
-    copy = crash_copy(catalog, tmp_path / "crashed")
-    market = store.read_market(copy / "catalog.csv")
-    del market["BardCo"]
-    store.write_market(copy / "catalog.csv", market)
-    with pytest.raises(MarketFileError, match="trades.csv, line 2.*BardCo"):
-        Catalog.open(copy)
-
-
-def test_journal_lines_round_trip():
-    trade = store.Trade(12, 'k,"1"', "A, Inc.", "sell", 5, 3, 105, 40)
-    line = store.encode_journal_line(trade)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert store.decode_journal_line(line[:-1]) == trade
-
-
-def test_empty_or_headless_journal_is_recreated(tmp_path):
-    data = tmp_path / "data"
-    Catalog.open(data).close()
-    for content in (b"", b"seq,key,na"):
-        (data / "trades.csv").write_bytes(content)
-        with Catalog.open(data) as cat:
-            assert cat.last_seq == 0
-        assert (data / "trades.csv").read_bytes() == store.JOURNAL_HEADER
-
-
-def test_journal_with_a_wrong_header_is_an_error(tmp_path):
-    data = tmp_path / "data"
-    Catalog.open(data).close()
-    (data / "trades.csv").write_bytes(b"number,name\n1,x\n")
-    with pytest.raises(MarketFileError, match="trades.csv, line 1"):
-        Catalog.open(data)
+        took = time.monotonic() - began
+        assert cat.last_seq == 50_000 and cat.lookup("FishCo")["quantity"] == 50_100
+        assert sell(cat, "key-777", "FishCo", 1).result["seq"] == 777
+    assert took < 1.0, f"open took {took:.3f} s"
 
 
 def test_closed_catalog_refuses_trades(tmp_path):
@@ -529,3 +497,65 @@ def test_closed_catalog_refuses_trades(tmp_path):
         buy(cat, "k", "GameStart", 1)
     assert code_of(excinfo) == "UNAVAILABLE"
     cat.close()  # twice is fine
+
+
+# ---- write failures --------------------------------------------------------------------------
+
+
+def test_failed_write_is_unavailable_and_trading_resumes(catalog, monkeypatch):
+    buy(catalog, "before", "DruidCo", 1)
+    real = db.commit_batch
+
+    def full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db, "commit_batch", full)
+    with pytest.raises(BazaarError) as excinfo:
+        buy(catalog, "during", "DruidCo", 5)
+    assert code_of(excinfo) == "UNAVAILABLE"
+    assert "catalog.db" not in excinfo.value.message  # no file paths for users
+    with pytest.raises(BazaarError) as excinfo:
+        catalog.fence(9)
+    assert code_of(excinfo) == "UNAVAILABLE"
+    # Nothing of the failed writes shows, in memory or on disk.
+    assert held(catalog, "DruidCo") == (99, 1) and catalog.last_seq == 1
+    assert catalog.fenced_epoch == 1
+    assert on_disk(catalog.data_dir)[2] == 1
+    monkeypatch.setattr(db, "commit_batch", real)
+    # The disk has room again: the same key now trades, with the next seq.
+    assert buy(catalog, "during", "DruidCo", 5).result["seq"] == 2
+    assert held(catalog, "DruidCo") == (94, 6)
+    assert catalog.fence(9) == {"epoch": 9, "leader": None}
+
+
+def test_trades_decided_on_top_of_a_failed_write_fail_too(catalog, monkeypatch):
+    real = db.commit_batch
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_then_full(conn, trades, stocks, fence):
+        entered.set()
+        release.wait(10)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db, "commit_batch", slow_then_full)
+    outcomes = {}
+
+    def trade(key, quantity):
+        try:
+            outcomes[key] = buy(catalog, key, "HelmetCo", quantity).result["stock"]["quantity"]
+        except BazaarError as err:
+            outcomes[key] = err.code
+
+    first = threading.Thread(target=trade, args=("first", 10))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=trade, args=("second", 90))  # decided on 90 left
+    second.start()
+    time.sleep(0.1)  # let it queue behind the failing commit
+    monkeypatch.setattr(db, "commit_batch", real)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert outcomes == {"first": "UNAVAILABLE", "second": "UNAVAILABLE"}
+    assert held(catalog, "HelmetCo") == (100, 0)
+    assert buy(catalog, "third", "HelmetCo", 100).result["seq"] == 1
