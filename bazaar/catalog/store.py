@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -125,6 +126,7 @@ class Catalog:
         MarketFileError if a legacy file is damaged, UNAVAILABLE if catalog.db
         cannot be opened for writing (read-only or full disk).
         """
+        started = time.monotonic()
         data_dir = Path(data_dir)
         lock_fd = _lock_data_dir(data_dir)
         conns: list[sqlite3.Connection] = []
@@ -146,12 +148,13 @@ class Catalog:
             os.close(lock_fd)
             raise
         log.info(
-            "catalog opened %s: %d stocks, %d trades, fence epoch %d (leader %s)",
+            "catalog opened %s: %d stocks, %d trades, fence epoch %d (leader %s) in %.0f ms",
             path,
             len(catalog._durable),
             catalog._durable_seq,
             catalog._fence.epoch,
             catalog._fence.leader,
+            (time.monotonic() - started) * 1000,
         )
         return catalog
 

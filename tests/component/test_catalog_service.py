@@ -349,3 +349,40 @@ def test_run_serves_until_stop_and_returns_promptly(data_dir):
     # Generous for a busy 2-core machine; the design target is well under a second.
     assert time.monotonic() - stopped_at < 5
     assert exported(data_dir)["Scarce"] == (9, 1)
+
+
+# ---- bazaar export market ------------------------------------------------------------------------
+
+
+def test_export_market_while_the_catalog_runs(service, client, data_dir):
+    from click.testing import CliRunner
+
+    from bazaar.cli import main
+
+    client.call("trade", **trade_args("k", "Capped", "sell", 5))
+    done = CliRunner().invoke(main, ["export", "market", "--data-dir", str(data_dir)])
+    assert done.exit_code == 0, done.output
+    assert done.output == (
+        "name,price,quantity,volume,max_volume\n"
+        "Scarce,3.5,10,0,\n"
+        "Capped,1.0,105,5,5\n"
+        "GameStart,48.5,100,0,\n"
+    )
+    # What it prints is the seed's format: a new catalog imports it as its market.
+    fresh = data_dir.parent / "from-export"
+    fresh.mkdir()
+    (fresh / "catalog.csv").write_text(done.output)
+    with CatalogService(config_for(fresh)) as copy:
+        assert copy.catalog.stocks() == service.catalog.stocks()
+
+
+def test_export_market_without_a_database_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from bazaar.cli import main
+
+    done = CliRunner().invoke(main, ["export", "market", "--data-dir", str(tmp_path)])
+    assert done.exit_code == 1
+    assert f"{tmp_path / 'catalog.db'}: no such file" in done.output
+    assert "Traceback" not in done.output
+    assert not (tmp_path / "catalog.db").exists()  # a reader never creates it
