@@ -81,7 +81,7 @@ class Cluster:
         args = ["order", "--id", name.removeprefix("order")] if name.startswith("order") else [name]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
-            [*self.launcher(name), sys.executable, "-m", "bazaar.cli", *args],
+            [sys.executable, "-m", "bazaar.cli", *args],
             env=self.env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -90,10 +90,6 @@ class Cluster:
         log.close()
         self.procs[name] = proc
         return proc
-
-    def launcher(self, name: str) -> list[str]:
-        """A command prefix for a service (tests/system/multihost.py: `ip netns exec`)."""
-        return []
 
     def start_all(self, timeout: float = 20.0) -> Cluster:
         for name in ("catalog", "order1", "order2", "order3", "frontend"):

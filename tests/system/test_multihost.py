@@ -1,33 +1,37 @@
 """The five services as five hosts, reached by name, under load with a leader kill.
 
-Each service runs in a network namespace of its own (tests/system/multihost.py)
-with its own address and hosts file; the peers are configured by host name
-only (`tcp://catalog:5555`, `tcp://order2:5561`), every order replica on the
-same port, services binding all interfaces. The test process trades from a
-sixth host. Nothing in the code may assume loopback or one machine: if it
-did, the cluster would not become healthy, or the leader kill would lose or
-duplicate an order (the invariants of test_faults.py are checked the same
-way). With the cluster's keys when `bazaar keys init` exists, else insecure
-(printed).
+Each service runs in a network namespace of its own (tests/system/netns.py:
+its own address on a bridge, nothing on the host's network) and, here, its
+own hosts file: `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over
+/etc/hosts, so getaddrinfo (libzmq's too) resolves the peers as on separate
+machines. The peers are configured by host name only (`tcp://catalog:5555`,
+`tcp://order2:5561`), every order replica on the same port, services binding
+all interfaces; the test trades from a sixth host. Nothing in the code may
+assume loopback or one machine: if it did, the cluster would not become
+healthy, or the leader kills would lose or duplicate an order (checked with
+test_faults.py's invariants). With the cluster's keys when `bazaar keys
+init` exists, else insecure (printed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tests.system.cluster import Cluster
-from tests.system.multihost import Hosts, unavailable
+from tests.system.netns import Net, NetCluster, skip_reason
 from tests.system.test_faults import Traders, check_invariants, kill_leader_rounds
 
 SERVICES = ["catalog", "order1", "order2", "order3", "frontend"]
-HOSTS = [*SERVICES, "client"]
 ORDER_PORT = 5561  # the same on every replica: each has a host of its own
+NETNS_ETC = Path("/etc/netns")
 
 
 def keys_supported() -> bool:
@@ -35,80 +39,80 @@ def keys_supported() -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
-@dataclass
-class HostsCluster(Cluster):
-    """tests/system/cluster.py's Cluster, one network namespace per service."""
+@contextlib.contextmanager
+def hosts_files(net: Net):
+    """Every node resolves every node's name; no DNS (unknown names fail at once)."""
+    table = "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in net.addr.items())
+    dirs = [NETNS_ETC / net.ns(node) for node in net.nodes]
+    try:
+        for etc in dirs:
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(table)
+            (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        yield
+    finally:
+        for etc in dirs:
+            shutil.rmtree(etc, ignore_errors=True)
 
-    hosts: Hosts | None = None
+
+@dataclass
+class NamedCluster(NetCluster):
+    """NetCluster with host names instead of addresses, one port for all replicas."""
+
     secure: bool = False
-    _client: object = field(default=None, repr=False)
 
     def __post_init__(self):
-        self.catalog_port, self.pub_port, self.http_port = 5555, 5556, 8080
+        super().__post_init__()
         self.order_ports = {rid: ORDER_PORT for rid in (1, 2, 3)}
-        self.catalog_endpoint = "tcp://catalog:5555"
+        self.catalog_endpoint = f"tcp://catalog:{self.catalog_port}"
+        self.pub_endpoint = f"tcp://catalog:{self.pub_port}"
         self.order_endpoints = {rid: f"tcp://order{rid}:{ORDER_PORT}" for rid in (1, 2, 3)}
-        self._client = self.hosts.executor("client")
-
-    @property
-    def url(self) -> str:
-        # The test process resolves with the root's /etc/hosts: the address.
-        return f"http://{self.hosts.addresses['frontend']}:{self.http_port}"
 
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
-        env["BAZAAR_CATALOG_PUB"] = "tcp://catalog:5556"
-        env["BAZAAR_BIND_HOST"] = "0.0.0.0"
         if self.secure:
             env.setdefault("BAZAAR_KEYS_DIR", str(self.root / "keys"))
         else:
             env["BAZAAR_INSECURE"] = "1"
         return env
 
-    def launcher(self, name: str) -> list[str]:
-        return self.hosts.exec_prefix(name)
-
-    def http(self, method, path, body=None, headers=None, timeout=10.0):
-        """The request from the client host (a thread in its namespace)."""
-        call = super().http
-        return self._client.submit(call, method, path, body, headers, timeout).result()
-
 
 @pytest.fixture
-def hosts_cluster(tmp_path, request, monkeypatch):
-    reason = unavailable()
+def named_cluster(tmp_path, request, monkeypatch):
+    reason = skip_reason()
     if reason:
-        pytest.skip(f"multi-host test skipped: {reason}")
-    monkeypatch.setenv("NO_PROXY", "*")  # urllib must not send 198.18.x to a proxy
+        pytest.skip(f"multi-host test: {reason}")
+    monkeypatch.setenv("NO_PROXY", "*")  # urllib must not send the LAN's addresses to a proxy
     monkeypatch.setenv("no_proxy", "*")
-    hosts = Hosts(HOSTS)
-    cluster = None
-    try:
-        secure = keys_supported()
-        if secure:
-            init = [sys.executable, "-m", "bazaar.cli", "keys", "init", str(tmp_path / "keys")]
-            subprocess.run(init, check=True, capture_output=True)
-        print(f"multi-host: {'CurveZMQ keys' if secure else 'INSECURE (no `bazaar keys` yet)'}")
-        cluster = HostsCluster(tmp_path, hosts=hosts, secure=secure)
-        cluster.start_all(timeout=60)
-        yield cluster
-    finally:
-        if cluster is not None:
+    secure = keys_supported()
+    if secure:
+        init = [sys.executable, "-m", "bazaar.cli", "keys", "init", str(tmp_path / "keys")]
+        subprocess.run(init, check=True, capture_output=True)
+    print(f"multi-host: {'CurveZMQ keys' if secure else 'INSECURE (no `bazaar keys` yet)'}")
+    with Net() as net, hosts_files(net):
+        cluster = NamedCluster(tmp_path, net=net, secure=secure)
+        try:
+            cluster.start_all(60)
+            yield cluster
+        finally:
             cluster.stop_all()
             if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
                 print(cluster.logs())
-        hosts.close()
 
 
-def test_five_hosts_by_name_survive_a_leader_kill_under_load(hosts_cluster):
-    cluster = hosts_cluster
-    # Every service reached its peers by name from its own host: healthy.
+def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):
+    cluster = named_cluster
+    # Five network stacks, none of them the test's: the services really are apart ...
+    stacks = {os.readlink(f"/proc/{cluster.procs[s].pid}/ns/net") for s in SERVICES}
+    assert len(stacks) == 5 and os.readlink("/proc/self/ns/net") not in stacks
+    # ... and found each other by name alone.
+    for name in SERVICES:
+        env = cluster.env(name)
+        for var in ("BAZAAR_CATALOG", "BAZAAR_CATALOG_PUB", "BAZAAR_ORDER_REPLICAS"):
+            assert not any(a in env[var] for a in cluster.net.addr.values()), env[var]
     health = cluster.health()["data"]
     assert health["status"] == "ok", health
     assert all(r["up"] for r in health["order"]["replicas"].values()), health
-    # Five network stacks, none of them the test's: the services really are apart.
-    stacks = {os.readlink(f"/proc/{cluster.procs[s].pid}/ns/net") for s in SERVICES}
-    assert len(stacks) == 5 and os.readlink("/proc/self/ns/net") not in stacks
 
     traders = Traders(cluster, seed=14).start()
     try:
