@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 DB_FILE = db.DB_FILE
 LOCK_FILE = "catalog.lock"
+# A full disk fails every write: log the first, then a summary this often.
+LOG_EVERY = 10.0
 # One reply must stay under the wire's 1 MiB limit even with 200-character keys.
 MAX_TRADES_PAGE = 2000
 
@@ -80,10 +82,9 @@ class _Change:
     error: BazaarError | None = None
 
 
-def _storage_error(path: Path, exc: BaseException) -> BazaarError:
-    """UNAVAILABLE naming the cause; the file's path goes to the log only (SPEC section 1)."""
+def _storage_error(exc: BaseException) -> BazaarError:
+    """UNAVAILABLE naming the cause; file paths and exception text go to the log only."""
     what = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    log.error("%s: write failed: %s (%s)", path, exc, what)
     return unavailable(f"the catalog cannot store changes right now ({what}); nothing was changed")
 
 
@@ -106,6 +107,8 @@ class Catalog:
         self._commit_lock = threading.Lock()
         self._page_lock = threading.Lock()
         self._closed = False
+        self._failed_writes = 0  # in a row; guarded by `_commit_lock`
+        self._failure_logged = 0.0
         self._load_durable()
 
     def _load_durable(self) -> None:
@@ -327,8 +330,14 @@ class Catalog:
         try:
             db.commit_batch(self._writer, trades, stocks, fence)
         except (sqlite3.Error, OSError) as exc:
-            self._fail(batch, _storage_error(self.db_path, exc))
+            self._log_write_failure(exc, len(trades))
+            self._fail(batch, _storage_error(exc))
             return
+        if self._failed_writes:
+            log.warning(
+                "%s: writing again after %d failed writes", self.db_path, self._failed_writes
+            )
+            self._failed_writes = 0
         with self._lock:
             for stock in stocks:
                 durable = self._durable[stock.name]
@@ -341,6 +350,20 @@ class Catalog:
                 change.state = _DURABLE
                 if change.trade is not None:
                     self._pending_keys.pop(change.trade.key, None)
+
+    def _log_write_failure(self, exc: BaseException, trades: int) -> None:
+        """The first failure of a run of them at ERROR, then one line per LOG_EVERY seconds."""
+        self._failed_writes += 1
+        now = time.monotonic()
+        if self._failed_writes == 1 or now - self._failure_logged >= LOG_EVERY:
+            self._failure_logged = now
+            log.error(
+                "%s: write failed: %s (%d trades refused as UNAVAILABLE; %d failed writes so far)",
+                self.db_path,
+                exc,
+                trades,
+                self._failed_writes,
+            )
 
     def _fail(self, batch: list[_Change], error: BazaarError) -> None:
         """A commit failed: fail it and everything decided on top of it; start over from disk."""

@@ -301,8 +301,8 @@ def test_read_only_data_dir_is_a_one_line_startup_error(cluster, small_disk):
     wait_catalog_up(cluster)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    done = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)])
-    assert done.returncode == 0
+    if subprocess.run(["mount", "-o", "remount,ro", str(small_disk)]).returncode != 0:
+        pytest.skip("remounting read-only is not permitted here")
     proc = cluster.start("catalog")
     assert proc.wait(30) != 0
     output = (cluster.root / "catalog.log").read_text()
