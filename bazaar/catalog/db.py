@@ -120,24 +120,35 @@ def transaction(conn: sqlite3.Connection):
         raise
 
 
-def create(
-    conn: sqlite3.Connection,
-    market: Iterable[Stock],
-    trades: Iterable[Trade] = (),
-    fence: Fence | None = None,
-) -> None:
-    """Create the schema and fill it, all in one transaction: a crash leaves nothing or all."""
+def create(conn: sqlite3.Connection, market: Iterable[Stock]) -> None:
+    """A new catalog with `market` and no trades, in one transaction."""
     with transaction(conn):
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.executemany(
-            "INSERT INTO market (name, price, quantity, volume, max_volume) VALUES (?, ?, ?, ?, ?)",
-            ((s.name, s.price, s.quantity, s.volume, s.max_volume) for s in market),
-        )
-        conn.executemany(_INSERT_TRADE, (_trade_row(t) for t in trades))
-        fence = fence or Fence()
-        conn.execute(_SET_FENCE, (fence.epoch, fence.leader))
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        create_schema(conn)
+        insert_market(conn, market)
+        set_fence(conn, Fence())
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The tables and the schema version (inside the caller's transaction, so all or nothing)."""
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def insert_market(conn: sqlite3.Connection, market: Iterable[Stock]) -> None:
+    conn.executemany(
+        "INSERT INTO market (name, price, quantity, volume, max_volume) VALUES (?, ?, ?, ?, ?)",
+        ((s.name, s.price, s.quantity, s.volume, s.max_volume) for s in market),
+    )
+
+
+def insert_trades(conn: sqlite3.Connection, trades: Iterable[Trade]) -> None:
+    """Insert trades as they come (an iterator is consumed one row at a time)."""
+    conn.executemany(_INSERT_TRADE, (_trade_row(t) for t in trades))
+
+
+def set_fence(conn: sqlite3.Connection, fence: Fence) -> None:
+    conn.execute(_SET_FENCE, (fence.epoch, fence.leader))
 
 
 def commit_batch(

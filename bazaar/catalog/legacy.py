@@ -1,23 +1,24 @@
-"""Reading a data dir of the CSV release (up to commit 40bb7ee), for the one-time import.
+"""Importing a data dir of the CSV release (up to commit 40bb7ee) into catalog.db, once.
 
 That release kept:
 - `catalog.csv`: the market (`name,price,quantity,volume,max_volume`),
   rewritten now and then, so it may lag the journal;
 - `trades.csv`: the journal, `seq,key,name,type,quantity,epoch,new_quantity,
   new_volume,crc` with a header; each line ends with the CRC32 (hex) of the
-  line before it and records the stock's *absolute* quantity and volume after
+  rest of the line and records the stock's *absolute* quantity and volume after
   the trade, so replaying it over any older market gives the right one;
 - `fence.txt`: the highest epoch given to `fence`, one number.
 
 A hand-written `catalog.csv` alone (no journal) is the way to start a new
 catalog with a market of one's own; it imports the same way.
 
-`read(data_dir)` returns what those files hold; damaged lines at the very end
-of the journal are a torn write (never acknowledged) and are left out with a
-warning, damage anywhere else is a `MarketFileError` naming file and line, and
-the files are left untouched. `set_aside(paths)` renames the files once their
-content is committed to catalog.db: `catalog.csv` -> `catalog.csv.imported`
-(never deleted, never overwritten).
+`import_into(conn, data_dir)` copies them into a new catalog.db in one
+transaction, streaming the journal (memory does not grow with its length).
+Damaged lines at the very end of the journal are a torn write (never
+acknowledged) and are left out with a warning; damage anywhere else is a
+`MarketFileError` naming file and line, the transaction rolls back and the
+files are left untouched. `set_aside(paths)` then renames them:
+`catalog.csv` -> `catalog.csv.imported` (never deleted, never overwritten).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import csv
 import logging
 import os
 import re
+import sqlite3
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from bazaar.catalog import db
 from bazaar.catalog.market import TRADE_TYPES, Fence, Stock, Trade
 from bazaar.catalog.market_csv import MarketFileError, decode_market
 
@@ -47,10 +52,12 @@ _COUNT = re.compile(r"[0-9]+")
 
 
 @dataclass
-class LegacyData:
-    market: dict[str, Stock]
-    trades: list[Trade] = field(default_factory=list)
-    fence: Fence = field(default_factory=Fence)
+class Imported:
+    """What an import brought in, for the log."""
+
+    stocks: int
+    trades: int
+    fence: Fence
     files: list[Path] = field(default_factory=list)  # the files it came from
 
 
@@ -59,8 +66,12 @@ def present(data_dir: Path) -> list[Path]:
     return [data_dir / name for name in FILES if (data_dir / name).exists()]
 
 
-def read(data_dir: Path) -> LegacyData | None:
-    """The market, trades and fence of a CSV-release data dir; None if it has no catalog.csv."""
+def import_into(conn: sqlite3.Connection, data_dir: Path) -> Imported | None:
+    """Copy a CSV-release data dir into `conn`'s new, empty catalog.db, in one transaction.
+
+    None (and nothing written) when there is no catalog.csv. The files are
+    not touched: `set_aside` them once this returned.
+    """
     market_path = data_dir / MARKET_FILE
     data = _read_bytes(market_path)
     if data is None:
@@ -68,14 +79,21 @@ def read(data_dir: Path) -> LegacyData | None:
             raise MarketFileError(market_path, f"is missing but {JOURNAL_FILE} is there")
         return None
     market = decode_market(data, market_path)
-    journal_path = data_dir / JOURNAL_FILE
-    trades = read_journal(journal_path, market)
-    for trade in trades:  # absolute values: the last line per stock wins
-        stock = market[trade.name]
-        stock.quantity, stock.volume = trade.new_quantity, trade.new_volume
-    epoch = max([read_fence(data_dir / FENCE_FILE), *(t.epoch for t in trades)])
-    # The CSV release never recorded leaders: the epoch's leader is unknown.
-    return LegacyData(market, trades, Fence(epoch, None), present(data_dir))
+    fenced = read_fence(data_dir / FENCE_FILE)
+    journal = JournalReader(data_dir / JOURNAL_FILE, market)
+    with db.transaction(conn):
+        db.create_schema(conn)
+        try:
+            db.insert_trades(conn, journal)  # replays onto `market` as it goes
+        except sqlite3.IntegrityError:
+            raise MarketFileError(
+                journal.path, f"key {journal.key!r} appears twice", journal.line
+            ) from None
+        db.insert_market(conn, market.values())
+        # The CSV release never recorded leaders: the epoch's leader is unknown.
+        fence = Fence(max(fenced, journal.max_epoch), None)
+        db.set_fence(conn, fence)
+    return Imported(len(market), journal.count, fence, present(data_dir))
 
 
 def read_fence(path: Path) -> int:
@@ -90,52 +108,78 @@ def read_fence(path: Path) -> int:
     return int(text)
 
 
-def read_journal(path: Path, market: dict[str, Stock]) -> list[Trade]:
-    """The journal's intact trades, checked against each other and against `market`."""
-    data = _read_bytes(path)
-    if data is None or (len(data) < len(JOURNAL_HEADER) and JOURNAL_HEADER.startswith(data)):
-        return []  # missing, or the release died while creating it: no trade was in it
-    if not data.startswith(JOURNAL_HEADER):
-        raise MarketFileError(path, f"header is not {JOURNAL_HEADER.decode().strip()!r}", 1)
-    trades: list[Trade] = []
-    keys: set[str] = set()
-    first_damage: tuple[int, str] | None = None  # (line, problem)
-    pos, line = len(JOURNAL_HEADER), 1
-    while pos < len(data):
-        line += 1
-        end = data.find(b"\n", pos)
+class JournalReader:
+    """The journal's intact trades, one at a time, checked against each other and the market.
+
+    Iterating replays each trade onto `market` (absolute values: the last line
+    per stock wins) and raises MarketFileError for damage that is not a torn
+    tail. `line` and `key` name the trade last read, `count` and `max_epoch`
+    sum up what was read.
+    """
+
+    def __init__(self, path: Path, market: dict[str, Stock]):
+        self.path = path
+        self.market = market
+        self.line = 1
+        self.key = ""
+        self.count = 0
+        self.max_epoch = 0
+
+    def __iter__(self) -> Iterator[Trade]:
         try:
-            if end == -1:
-                raise ValueError("line has no end (torn write)")
-            trade = decode_line(data[pos:end])
-        except (ValueError, UnicodeDecodeError) as exc:
-            if first_damage is None:
-                first_damage = (line, str(exc))
-        else:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below, also on an early stop
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise MarketFileError(self.path, f"cannot read: {exc.strerror or exc}") from None
+        with fh:
+            header = fh.read(len(JOURNAL_HEADER))
+            if len(header) < len(JOURNAL_HEADER) and JOURNAL_HEADER.startswith(header):
+                return  # empty, or the release died while creating it: no trade was in it
+            if header != JOURNAL_HEADER:
+                raise MarketFileError(
+                    self.path, f"header is not {JOURNAL_HEADER.decode().strip()!r}", 1
+                )
+            yield from self._trades(fh)
+
+    def _trades(self, fh: BinaryIO) -> Iterator[Trade]:
+        first_damage: tuple[int, str] | None = None  # (line, problem)
+        line = 1
+        for raw in fh:
+            line += 1
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("line has no end (torn write)")
+                trade = decode_line(raw[:-1])
+            except (ValueError, UnicodeDecodeError) as exc:
+                first_damage = first_damage or (line, str(exc))
+                continue
             if first_damage is not None:
                 bad_line, problem = first_damage
                 raise MarketFileError(
-                    path, f"damaged entry ({problem}) followed by intact entries", bad_line
+                    self.path, f"damaged entry ({problem}) followed by intact entries", bad_line
                 )
-            if trade.seq != len(trades) + 1:
+            if trade.seq != self.count + 1:
                 raise MarketFileError(
-                    path, f"seq {trade.seq} where {len(trades) + 1} was due", line
+                    self.path, f"seq {trade.seq} where {self.count + 1} was due", line
                 )
-            if trade.key in keys:
-                raise MarketFileError(path, f"key {trade.key!r} appears twice", line)
-            if trade.name not in market:
-                raise MarketFileError(path, f"stock {trade.name!r} is not in {MARKET_FILE}", line)
-            keys.add(trade.key)
-            trades.append(trade)
-        pos = len(data) if end == -1 else end + 1
-    if first_damage is not None:
-        log.warning(
-            "%s, line %d on: a torn last entry (a crash mid-write, never acknowledged) "
-            "is left out of the import: %s",
-            path,
-            *first_damage,
-        )
-    return trades
+            stock = self.market.get(trade.name)
+            if stock is None:
+                raise MarketFileError(
+                    self.path, f"stock {trade.name!r} is not in {MARKET_FILE}", line
+                )
+            stock.quantity, stock.volume = trade.new_quantity, trade.new_volume
+            self.line, self.key = line, trade.key
+            self.count += 1
+            self.max_epoch = max(self.max_epoch, trade.epoch)
+            yield trade
+        if first_damage is not None:
+            log.warning(
+                "%s, line %d on: a torn last entry (a crash mid-write, never acknowledged) "
+                "is left out of the import: %s",
+                self.path,
+                *first_damage,
+            )
 
 
 def decode_line(raw: bytes) -> Trade:

@@ -409,17 +409,16 @@ def _initialise(conn: sqlite3.Connection, data_dir: Path) -> None:
             moved = legacy.set_aside(leftovers)
             log.warning("already imported into %s; set aside %s", DB_FILE, _names(moved))
         return
-    old = legacy.read(data_dir)
+    old = legacy.import_into(conn, data_dir)
     if old is None:
         db.create(conn, default_market().values())
         log.info("%s: created with the default market", data_dir / DB_FILE)
         return
-    db.create(conn, old.market.values(), old.trades, old.fence)
     moved = legacy.set_aside(old.files)
     log.warning(
         "imported %d stocks, %d trades and fence epoch %d from %s into %s; kept the old files as %s",
-        len(old.market),
-        len(old.trades),
+        old.stocks,
+        old.trades,
         old.fence.epoch,
         _names(old.files),
         DB_FILE,

@@ -174,3 +174,24 @@ def test_crash_between_import_and_rename_does_not_import_twice(tmp_path):
         assert cat.last_seq == 2 and cat.lookup("A")["quantity"] == 85
     assert not (data / "catalog.csv").exists()
     assert (data / "catalog.csv.imported.1").read_text() == MARKET  # nothing overwritten
+
+
+def test_a_long_journal_is_imported_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    count = 10_000
+    lines = [
+        journal_line(seq, f"key-{seq:06d}-{'x' * 30}", "A", "sell", 1, 1, 100 + seq, seq)
+        for seq in range(1, count + 1)
+    ]
+    data = old_dir(tmp_path, lines)
+    del lines
+    tracemalloc.start()
+    try:
+        with Catalog.open(data) as cat:
+            _, peak = tracemalloc.get_traced_memory()
+            assert cat.last_seq == count and cat.lookup("A")["quantity"] == 100 + count
+    finally:
+        tracemalloc.stop()
+    # Streamed: a list of 10,000 trades and a set of their keys alone would take ~4 MB.
+    assert peak < 2**20, f"import peaked at {peak / 2**20:.1f} MB of Python objects"
