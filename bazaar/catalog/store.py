@@ -113,7 +113,9 @@ class Catalog:
 
     def _load_durable(self) -> None:
         """(Re)read the durable state and make the working state equal to it (lock held or unshared)."""
-        self._durable = db.load_market(self._key_reader)  # what readers see
+        # What readers see: replaced, never changed in place, so `lookup` reads it
+        # without the lock (the RPC I/O thread never waits for a trade's decision).
+        self._durable = db.load_market(self._key_reader)
         self._durable_fence = db.load_fence(self._key_reader)
         self._durable_seq = db.last_seq(self._key_reader)
         self._working = {name: replace(stock) for name, stock in self._durable.items()}
@@ -164,15 +166,13 @@ class Catalog:
     # ---- reads ---------------------------------------------------------
     def lookup(self, name: Any) -> dict[str, Any]:
         check_name(name)
-        with self._lock:
-            stock = self._durable.get(name)
-            if stock is None:
-                raise not_found(f"no stock named {name:.100}")
-            return stock.to_dict()
+        stock = self._durable.get(name)
+        if stock is None:
+            raise not_found(f"no stock named {name:.100}")
+        return stock.to_dict()
 
     def stocks(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [stock.to_dict() for stock in self._durable.values()]
+        return [stock.to_dict() for stock in self._durable.values()]
 
     @property
     def last_seq(self) -> int:
@@ -339,9 +339,8 @@ class Catalog:
             )
             self._failed_writes = 0
         with self._lock:
-            for stock in stocks:
-                durable = self._durable[stock.name]
-                durable.quantity, durable.volume = stock.quantity, stock.volume
+            if stocks:
+                self._durable = {**self._durable, **{s.name: s for s in stocks}}
             if trades:
                 self._durable_seq = trades[-1].seq
             if fence is not None:

@@ -559,3 +559,17 @@ def test_trades_decided_on_top_of_a_failed_write_fail_too(catalog, monkeypatch):
     assert outcomes == {"first": "UNAVAILABLE", "second": "UNAVAILABLE"}
     assert held(catalog, "HelmetCo") == (100, 0)
     assert buy(catalog, "third", "HelmetCo", 100).result["seq"] == 1
+
+
+def test_lookups_never_wait_for_a_trade_being_decided(catalog):
+    """The RPC I/O thread answers lookups inline: they must not queue behind the store's lock."""
+    sell(catalog, "k", "SickleCo", 3)
+    answers = []
+    with catalog._lock:  # as while a trade is being decided (a key look-up on disk)
+        reader = threading.Thread(
+            target=lambda: answers.append((catalog.lookup("SickleCo"), len(catalog.stocks())))
+        )
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "lookup waited for the store's lock"
+    assert answers[0][0]["quantity"] == 103 and answers[0][1] >= 10
