@@ -291,7 +291,7 @@ class OrderRouter:
                 and st.get("leader") == rid
                 and _epoch(st.get("epoch")) == top_epoch
                 and st.get("role") in (None, "leader", "recovering")
-                and not (st.get("role") == "leader" and st.get("majority") is False)
+                and st.get("majority") is not False
                 and not self._suspected(rid)
             ):
                 return rid
@@ -389,7 +389,9 @@ class OrderRouter:
         statuses = self.statuses()
         st = statuses.get(leader)
         lost_majority = (
-            st is not None and st.get("role") == "leader" and st.get("majority") is False
+            st is not None
+            and st.get("role") in ("leader", "recovering")
+            and st.get("majority") is False
         )
         if (
             st is None

@@ -28,6 +28,9 @@ Invariants
   then gets probes instead of a stream), and up again once it holds
   everything acknowledged; `has_majority` tells the service whether an
   order could commit at all.
+- Only records of the leader's own epoch commit by counting replicas; older
+  ones commit with the first of those after them. A new leader re-stamps its
+  last record with its epoch (same order, same number) to get one at once.
 - Acknowledgements are monotonic: `commit` never goes down while leading.
 
 Theory of operation: the leader streams batches (at most `batch` records)
@@ -43,6 +46,7 @@ peers (`plan_catch_up`), so every record acknowledged by a previous leader
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -66,6 +70,8 @@ class ReplicateReply(NamedTuple):
     ok: bool
     last_number: int  # the follower's last record (on ok=False: where to resend after)
     matched: int  # ok=True: the follower holds the leader's log up to here, durably
+    prev: int | None = None  # the prev_number of the request answered (stale answers: ignored)
+    conflict_epoch: int | None = None  # ok=False: the follower's epoch at prev (fast back-up)
 
 
 # ---- actions --------------------------------------------------------------
@@ -116,7 +122,7 @@ class Follower:
     next: int = 0  # next number to send
     alive: bool = True  # answers in time: gets the stream (else only probes)
     up: bool = True  # alive and caught up: counts for the commit rule
-    inflight: list[tuple[int, float]] = field(default_factory=list)  # (last number sent, at)
+    inflight: list[tuple[int, int, float]] = field(default_factory=list)  # (prev, last, sent at)
     last_probe: float = float("-inf")
 
 
@@ -228,10 +234,11 @@ class Replica:
             raise BazaarError("INVALID_ARGUMENT", "records must follow prev_number, consecutively")
         actions = self._check_epoch(msg.epoch, msg.leader)
         if msg.prev_number > self.last_number:
-            return actions, ReplicateReply(self.epoch, False, self.last_number, -1)
+            return actions, ReplicateReply(self.epoch, False, self.last_number, -1, msg.prev_number)
         if msg.prev_number >= 0 and self.epoch_at(msg.prev_number) != msg.prev_epoch:
             restart = self._run_start(msg.prev_number) - 1
-            return actions, ReplicateReply(self.epoch, False, restart, -1)
+            mine = self.epoch_at(msg.prev_number)
+            return actions, ReplicateReply(self.epoch, False, restart, -1, msg.prev_number, mine)
         new: list[Record] = []
         for record in msg.records:
             mine = self.epoch_at(record.number) if not new else None
@@ -243,7 +250,7 @@ class Replica:
         if new:
             actions.append(self._append(new))
         matched = msg.records[-1].number if msg.records else msg.prev_number
-        return actions, ReplicateReply(self.epoch, True, self.last_number, matched)
+        return actions, ReplicateReply(self.epoch, True, self.last_number, matched, msg.prev_number)
 
     def _run_start(self, number: int) -> int:
         """First number of the run of equal epochs that holds `number` (conflict hint)."""
@@ -261,11 +268,27 @@ class Replica:
         self.last_tick = now
         self.commit = self.durable if not self.peers else -1
         self.followers = {p: Follower(next=self.last_number + 1) for p in self.peers}
-        actions: list = []
+        actions: list = self._restamp()
         for peer, f in self.followers.items():
-            f.inflight.append((f.next - 1, now))
+            f.inflight.append((f.next - 1, f.next - 1, now))
             actions.append(Send(peer, self._message(f.next - 1, ())))
         return actions + self._advance_commit()
+
+    def _restamp(self) -> list:
+        """Our last record, rewritten with our epoch (same order, same number).
+
+        The commit rule counts only records of the current epoch (an older
+        record on a majority can still be overwritten by a log whose last
+        record is newer: Raft's "figure 8"). Re-stamping the last record is
+        our no-op entry without a new number: once it is on a majority, it
+        and everything before it are committed. The service writes the cut
+        and the append in one transaction, so no crash sees the record gone.
+        """
+        last = self.last_number
+        if last < 0 or self.epoch_at(last) == self.epoch:
+            return []
+        record = dataclasses.replace(self.records[last], epoch=self.epoch)
+        return [self._cut(last), self._append([record])]
 
     def propose(self, name: str, kind: str, quantity: int, key: str, trade_seq: int | None, now):
         """Assign the next number to a traded order. Returns (record, actions).
@@ -349,13 +372,35 @@ class Replica:
         f.alive = True
         if reply.ok:
             f.match = max(f.match, min(reply.matched, self.last_number))
-            f.inflight = [(n, t) for n, t in f.inflight if n > reply.matched]
+            f.inflight = [m for m in f.inflight if m[1] > reply.matched]
             if not f.up and f.match >= self.commit:
                 f.up = True
         else:
-            f.next = min(reply.last_number, self.last_number) + 1
+            if reply.prev is not None and all(p != reply.prev for p, _, _ in f.inflight):
+                return []  # answers a message from before our last restart: already handled
+            f.next = self._resend_from(reply)
             f.inflight = []
         return self._stream(now) + self._advance_commit()
+
+    def _resend_from(self, reply: ReplicateReply) -> int:
+        """Where to restart a follower that refused a batch (Raft's fast back-up).
+
+        The follower names the start of its run of `conflict_epoch` holding
+        `prev` (`last_number` + 1). Where our log holds that epoch too over
+        part of that run, the logs agree up to its end (log matching), so we
+        restart after it instead of resending the follower's whole run.
+        """
+        restart = min(reply.last_number, self.last_number) + 1
+        if reply.conflict_epoch is None or reply.prev is None:
+            return restart
+        runs = self.epoch_runs()
+        for epoch, first in runs:
+            if epoch == reply.conflict_epoch:
+                end = _run_end(runs, self.last_number, first)
+                lo, hi = max(restart, first), min(reply.prev - 1, end)
+                if lo <= hi:
+                    restart = hi + 1
+        return restart
 
     def _on_refusal(self, error: BazaarError) -> list:
         epoch = error.details.get("epoch") if error.code == "ABORTED" else None
@@ -373,7 +418,7 @@ class Replica:
         actions: list = []
         for peer, f in self.followers.items():
             limit = self.follower_timeout if f.alive else self.probe_interval
-            if f.inflight and now - f.inflight[0][1] > limit:
+            if f.inflight and now - f.inflight[0][2] > limit:
                 f.alive = f.up = False
                 f.inflight = []
                 f.next = f.match + 1
@@ -390,7 +435,7 @@ class Replica:
         again, in which they answer (and a newer epoch deposes us).
         """
         for f in self.followers.values():
-            f.inflight = [(n, now) for n, _ in f.inflight]
+            f.inflight = [(p, n, now) for p, n, _ in f.inflight]
 
     def _stream(self, now: float) -> list:
         actions: list = []
@@ -406,7 +451,7 @@ class Replica:
     def _send_batch(self, peer: int, f: Follower, now: float) -> list:
         end = min(f.next + self.batch, self.last_number + 1)
         records = tuple(self.records[f.next : end])
-        f.inflight.append((end - 1, now))
+        f.inflight.append((f.next - 1, end - 1, now))
         message = self._message(f.next - 1, records)
         f.next = end
         return [Send(peer, message)]
@@ -429,6 +474,9 @@ class Replica:
         matches = sorted((f.match for f in self.followers.values()), reverse=True)
         need = self.quorum() - 1
         target = self.durable if need == 0 else min(self.durable, matches[need - 1])
+        if target <= self.commit or (need and self.epoch_at(target) != self.epoch):
+            # Only a record of our own epoch commits by counting (see _restamp).
+            return []
         if target <= self.commit:
             return []
         self.commit = target

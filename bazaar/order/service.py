@@ -364,7 +364,14 @@ class OrderReplica:
                 reply = wire.decode_reply(frames[-1])
                 if reply.ok:
                     r = reply.result
-                    answer = rep.ReplicateReply(r["epoch"], r["ok"], r["last_number"], r["matched"])
+                    answer = rep.ReplicateReply(
+                        r["epoch"],
+                        r["ok"],
+                        r["last_number"],
+                        r["matched"],
+                        r.get("prev"),
+                        r.get("conflict_epoch"),
+                    )
                 else:
                     answer = reply.error
             except (BazaarError, KeyError, TypeError) as exc:

@@ -1,0 +1,287 @@
+"""A seeded world for the replication machine: replicas, front ends, faults, invariants.
+
+`World` extends the fake network (`tests.unit.fake_network.Sim`: replicas'
+`Replica` machines, their disks, a lossy wire) with what a cluster does around
+them, driven by one `random.Random(seed)` so a seed replays exactly:
+
+- one or two front ends that elect as `bazaar.frontend.leader` does: only
+  with a majority of replicas reachable, the most up-to-date log first
+  (last record's epoch, then number, then the highest id), at an epoch above
+  every epoch they have seen; each front end only knows what it saw, so two
+  of them may pick the same epoch for different replicas;
+- a new leader's recovery as the service does it: promises from the peers
+  it reaches (each flushes its in-flight records first), a majority of
+  promises or no leading, the most up-to-date log adopted (`plan_catch_up`);
+- clients proposing orders to whichever replica they believe leads;
+- faults: crashes (unflushed writes lost), restarts, pauses, partitions
+  (per link, both directions), disk errors (a flush fails), and the wire's
+  losses, duplicates and reorderings.
+
+After every step `check()` asserts: an acknowledged number never names
+another order; every acknowledged order is durable on a majority; at most
+one leader acknowledges in an epoch. `settle()` heals everything and checks
+that the logs converge, identical and complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from bazaar.errors import BazaarError
+from bazaar.order import replication as rep
+from tests.unit.fake_network import Sim
+
+
+class Violation(AssertionError):
+    pass
+
+
+class World(Sim):
+    def __init__(self, seed: int, front_ends: int = 1, faults: bool = True):
+        super().__init__(
+            seed=seed,
+            drop=0.05 if faults else 0.0,
+            dup=0.05 if faults else 0.0,
+            reorder=0.2 if faults else 0.0,
+            batch=3,
+            window=3,
+            follower_timeout=0.5,
+            probe_interval=0.1,
+        )
+        self.seed = seed
+        self.faults = faults
+        self.paused: set[int] = set()
+        self.cut: set[frozenset] = set()  # links that drop everything
+        self.fe_epoch = [0] * front_ends  # the highest epoch each front end saw
+        self.fe_names = [f"fe{i}" for i in range(front_ends)]
+        self.acked_keys: dict[int, str] = {}  # number -> key of the acknowledged order
+        self.ack_leader: dict[int, int] = {}  # epoch -> the replica that acknowledged in it
+        self.keys = 0
+        self.trace: list[str] = []
+
+    # ---- the network ------------------------------------------------------------
+    def linked(self, a, b) -> bool:
+        return frozenset((a, b)) not in self.cut
+
+    def reachable(self, src, dst: int) -> bool:
+        return dst not in self.down and dst not in self.paused and self.linked(src, dst)
+
+    def deliver_one(self) -> bool:
+        if not self.wire:
+            return False
+        src, dst = self.wire[0][0], self.wire[0][1]
+        if not self.linked(src, dst):
+            self.wire.pop(0)  # lost in the partition
+            return True
+        if dst in self.paused or src in self.paused:
+            self.wire.append(self.wire.pop(0))  # waits until the process runs again
+            return True
+        return super().deliver_one()
+
+    def tick(self, dt: float, step: float = 0.02) -> None:
+        """Time passes; a paused process does not run (its timers see the gap on resume)."""
+        end = self.now + dt
+        while self.now < end - 1e-9:
+            self.now = min(self.now + step, end)
+            for rid, m in self.machines.items():
+                if rid not in self.down and rid not in self.paused:
+                    self.perform(rid, m.tick(self.now))
+
+    def flush(self, rid: int) -> None:
+        if rid not in self.paused:
+            super().flush(rid)
+
+    # ---- actions ------------------------------------------------------------------
+    def perform(self, rid: int, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, rep.Acknowledge):
+                self._acknowledged(rid, a.upto)
+        super().perform(rid, actions)
+
+    def _acknowledged(self, rid: int, upto: int) -> None:
+        m = self.machines[rid]
+        leader = self.ack_leader.setdefault(m.epoch, rid)
+        if leader != rid:
+            raise Violation(f"epoch {m.epoch}: replicas {leader} and {rid} both acknowledged")
+        for n in range(upto + 1):
+            record = self._record(rid, n)
+            known = self.acked_keys.setdefault(n, record.key)
+            if known != record.key:
+                raise Violation(f"order {n} acknowledged as {known}, now acknowledged as {record}")
+
+    def _record(self, rid: int, n: int):
+        m = self.machines[rid]
+        get = getattr(m, "get", None)
+        return get(n) if get is not None else m.records[n]
+
+    # ---- the cluster around the machines ------------------------------------------
+    def elect(self, fe: int) -> None:
+        """Front end `fe` elects, seeing only the replicas it reaches."""
+        name = self.fe_names[fe]
+        live = [r for r in self.ids if self.reachable(name, r)]
+        if len(live) < len(self.ids) // 2 + 1:
+            return  # no majority: no epoch spent
+        top = max([self.machines[r].epoch for r in live] + [self.fe_epoch[fe]])
+        for r in live:  # a leader still recovering tries again (the service's loop)
+            if self.machines[r].role == rep.RECOVERING and self.machines[r].epoch == top:
+                self.recover(r, top)
+        serving = [
+            r
+            for r in live
+            if self.machines[r].role == rep.LEADER
+            and self.machines[r].epoch == top
+            and self.machines[r].has_majority()
+        ]
+        if serving and self.rng.random() < 0.9:
+            return  # it keeps a serving leader (now and then a call times out anyway)
+        epoch = top + 1
+
+        def rank(r):
+            m = self.machines[r]
+            return (m.last_epoch(), m.durable, r)
+
+        leader = max(live, key=rank)
+        self.trace.append(f"{name} elects {leader} at {epoch}")
+        self.fe_epoch[fe] = epoch
+        for r in live:
+            try:
+                self.perform(r, self.machines[r].on_set_leader(leader, epoch))
+            except BazaarError as err:
+                self.fe_epoch[fe] = max(self.fe_epoch[fe], err.details.get("epoch", 0))
+                if r == leader:
+                    return
+        self.recover(leader, epoch)
+
+    def recover(self, leader: int, epoch: int) -> None:
+        """The service's recovery: promises from a majority, adopt the best log, lead."""
+        m = self.machines[leader]
+        if m.role != rep.RECOVERING or m.epoch != epoch:
+            return
+        answers = []
+        for peer in self.ids:
+            if peer == leader or not self.reachable(leader, peer):
+                continue
+            try:
+                self.perform(peer, self.machines[peer].on_promise(leader, epoch))
+            except BazaarError:
+                continue  # ABORTED: it granted this epoch (or a later one) to another
+            self.flush(peer)  # a promise waits for the records in flight
+            answers.append(self.peer_log(peer))
+        if len(answers) + 1 < m.quorum():
+            self.trace.append(f"{leader} has no majority for {epoch}")
+            return
+        truncate, best = rep.plan_catch_up(m, answers)
+        if best is not None:
+            self.perform(leader, m.adopt(truncate, best.records))
+        self.flush(leader)
+        if m.durable < m.last_number:
+            return  # its disk failed meanwhile
+        self.perform(leader, m.start_leading(self.now))
+
+    def client_order(self) -> None:
+        leaders = [
+            r
+            for r in self.ids
+            if r not in self.down and r not in self.paused and self.machines[r].role == rep.LEADER
+        ]
+        if not leaders:
+            return
+        leader = self.rng.choice(leaders)
+        self.keys += 1
+        with contextlib.suppress(BazaarError):  # e.g. its log was just cut
+            self.propose(leader, f"k{self.keys}")
+
+    def disk_error(self, rid: int) -> None:
+        """The next flush of `rid` fails: nothing queued reaches the disk."""
+        if rid in self.down or rid in self.paused or not self.pending[rid]:
+            return
+        self.pending[rid] = []
+        m = self.machines[rid]
+        self.perform(rid, m.on_disk_error(BazaarError("UNAVAILABLE", "disk full")))
+        try:
+            m.reset_log(self.disk[rid])
+        except TypeError:
+            m.reset_log()
+
+    # ---- one random step --------------------------------------------------------------
+    def step(self) -> None:
+        rng = self.rng
+        roll = rng.random()
+        nodes = self.ids
+        if roll < 0.35:
+            for _ in range(rng.randrange(1, 6)):
+                self.deliver_one()
+        elif roll < 0.55:
+            self.client_order()
+        elif roll < 0.70:
+            self.flush(rng.choice(nodes))
+        elif roll < 0.78:
+            self.tick(rng.choice((0.02, 0.1, 0.3)), step=0.02)
+        elif roll < 0.83:
+            self.elect(rng.randrange(len(self.fe_names)))
+        elif self.faults:
+            self.fault(rng.random())
+        self.check()
+
+    def fault(self, roll: float) -> None:
+        rng = self.rng
+        rid = rng.choice(self.ids)
+        if roll < 0.2 and rid not in self.down:
+            self.trace.append(f"crash {rid}")
+            self.crash(rid)
+            self.paused.discard(rid)
+        elif roll < 0.45 and rid in self.down:
+            self.trace.append(f"restart {rid}")
+            self.restart(rid)
+        elif roll < 0.55:
+            self.paused ^= {rid}
+            self.trace.append(f"pause/resume {rid}")
+        elif roll < 0.75:
+            a, b = rng.sample([*self.ids, *self.fe_names], 2)
+            self.cut ^= {frozenset((a, b))}
+            self.trace.append(f"cut/heal {a}-{b}")
+        elif roll < 0.85:
+            self.disk_error(rid)
+        else:
+            self.cut.clear()
+            self.trace.append("heal all")
+
+    # ---- invariants ----------------------------------------------------------------------
+    def check(self) -> None:
+        quorum = len(self.ids) // 2 + 1
+        for n, key in self.acked_keys.items():
+            holders = sum(
+                1 for r in self.ids if len(self.disk[r]) > n and self.disk[r][n].key == key
+            )
+            if holders < quorum:
+                raise Violation(f"acknowledged order {n} ({key}) is durable on {holders} only")
+
+    def settle(self) -> None:
+        """Heal every fault, elect, let the wire drain: logs converge, identical and complete."""
+        self.cut.clear()
+        self.paused.clear()
+        self.drop = self.dup = self.reorder = 0.0
+        for rid in list(self.down):
+            self.restart(rid)
+        for _ in range(30):
+            if not any(m.role == rep.LEADER for m in self.machines.values()):
+                self.elect(0)
+            for _ in range(20_000):  # the backlog of a long chaotic run, then quiet
+                for rid in self.ids:
+                    self.flush(rid)
+                if not self.deliver_one():
+                    break
+            self.tick(0.2, step=0.05)
+            self.client_order()  # a record of the newest epoch makes older ones commit
+            self.check()
+            disks = [self.disk[r] for r in self.ids]
+            committed = any(
+                m.role == rep.LEADER and m.commit == len(disks[0]) - 1 >= 0
+                for m in self.machines.values()
+            )
+            if committed and all(d == disks[0] for d in disks) and self._all_acked(disks[0]):
+                return
+        raise Violation("logs did not converge: " + str({r: len(self.disk[r]) for r in self.ids}))
+
+    def _all_acked(self, log) -> bool:
+        return all(n < len(log) and log[n].key == k for n, k in self.acked_keys.items())
