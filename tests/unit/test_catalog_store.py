@@ -154,6 +154,17 @@ def test_database_of_a_newer_release_is_refused(tmp_path):
     assert code_of(excinfo) == "UNAVAILABLE"
 
 
+def test_a_file_that_is_not_a_database_is_a_clear_error_and_stays(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    junk = b"name,price\n" * 500
+    (data / "catalog.db").write_bytes(junk)
+    with pytest.raises(BazaarError, match="not a database") as excinfo:
+        Catalog.open(data)
+    assert code_of(excinfo) == "UNAVAILABLE"
+    assert (data / "catalog.db").read_bytes() == junk
+
+
 def test_unwritable_data_dir_is_a_clear_error(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
