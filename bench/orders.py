@@ -66,7 +66,7 @@ def serve_fake_catalog(port: int) -> None:
             }
 
     @server.method()
-    def trade(key, name, type, quantity, epoch):
+    def trade(key, name, type, quantity, epoch, leader=None):
         with lock:
             if epoch < fenced[0]:
                 raise BazaarError("ABORTED", "fenced", {"epoch": fenced[0]})
@@ -84,7 +84,7 @@ def serve_fake_catalog(port: int) -> None:
             return by_key[key]
 
     @server.method()
-    def fence(epoch):
+    def fence(epoch, leader=None):
         with lock:
             fenced[0] = max(fenced[0], epoch)
             return {"epoch": fenced[0]}

@@ -537,7 +537,7 @@ class OrderReplica:
 
     def _fence(self, epoch: int) -> None:
         try:
-            res = self.catalog.call("fence", epoch=epoch, idempotent=True)
+            res = self.catalog.call("fence", epoch=epoch, leader=self.id, idempotent=True)
         except BazaarError as err:
             raise unavailable(f"catalog fence failed: {err.message}") from None
         if isinstance(res, dict) and isinstance(res.get("epoch"), int) and res["epoch"] > epoch:
@@ -720,6 +720,7 @@ class OrderReplica:
                 type=kind,
                 quantity=quantity,
                 epoch=epoch,
+                leader=self.id,  # the catalog refuses any other leader of this epoch
                 timeout=timeout,
             )
         except BazaarError as err:

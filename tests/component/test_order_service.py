@@ -28,16 +28,16 @@ class FakeCatalog:
         self.trades: list[dict] = []
         self.by_key: dict[str, dict] = {}
         self.fenced = 0
+        self.fenced_by = None
         self.quantity: dict[str, int] = {"GameStart": 100, "FishCo": 100}
         for name in ("trade", "fence", "trades_since"):
             self.server.register(name, getattr(self, name))
         self.server.start()
         self.endpoint = self.server.endpoint
 
-    def trade(self, key, name, type, quantity, epoch):
+    def trade(self, key, name, type, quantity, epoch, leader=None):
         with self.lock:
-            if epoch < self.fenced:
-                raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
+            self._admit(epoch, leader)
             if key in self.by_key:
                 return self.by_key[key]
             if name not in self.quantity:
@@ -52,10 +52,19 @@ class FakeCatalog:
             self.by_key[key] = t
             return t
 
-    def fence(self, epoch):
+    def _admit(self, epoch, leader) -> None:
+        """The real catalog's fence: (epoch, leader) only grows; one leader per epoch."""
+        if epoch < self.fenced or (epoch == self.fenced and leader != self.fenced_by):
+            raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
+        self.fenced, self.fenced_by = epoch, leader
+
+    def fence(self, epoch, leader=None):
         with self.lock:
-            self.fenced = max(self.fenced, epoch)
-            return {"epoch": self.fenced}
+            if epoch > self.fenced:
+                self.fenced, self.fenced_by = epoch, leader
+            elif epoch == self.fenced and leader != self.fenced_by:
+                raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
+            return {"epoch": self.fenced, "leader": self.fenced_by}
 
     def trades_since(self, after, limit=None):
         with self.lock:
@@ -212,7 +221,7 @@ def test_failover_keeps_every_acknowledged_order(trio, catalog):
 def test_orphaned_catalog_trade_is_committed_by_the_next_leader(trio, catalog):
     trio.elect(3)
     trio.order(3)
-    catalog.trade("orphan", "FishCo", "sell", 7, epoch=1)  # a leader traded, then died
+    catalog.trade("orphan", "FishCo", "sell", 7, epoch=1, leader=3)  # a leader traded, then died
     trio.stop(3)
     trio.elect(2)
     trio.order(2)
