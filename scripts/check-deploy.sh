@@ -4,7 +4,8 @@
 #   yamllint --strict        every YAML file of the repository (.yamllint.yaml)
 #   kubernetes-validate      every manifest under deploy/kubernetes (tools/ too), strict
 #     --strict               (unknown fields are errors), against the pinned
-#                            Kubernetes version below; and the kustomize
+#                            Kubernetes version below and the newest one it
+#                            ships; and the kustomize
 #                            output when kubectl is installed
 #   docker stack config      deploy/swarm/stack.yml against the compose
 #                            schema, when a docker CLI is installed (it needs
@@ -22,12 +23,15 @@ K8S_VERSION=${K8S_VERSION:-1.33.0}
 echo "check-deploy: yamllint"
 "$BIN/yamllint" --strict .
 
-echo "check-deploy: kubernetes-validate --strict against Kubernetes $K8S_VERSION"
 manifests=()
 for f in deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml; do
     [[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
 done
+echo "check-deploy: kubernetes-validate --strict against Kubernetes $K8S_VERSION"
 "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${manifests[@]}"
+# And the newest version it ships: an API removed since fails here first.
+echo "check-deploy: kubernetes-validate --strict against the newest known ($("$BIN/kubernetes-validate" --version 2>&1 | tail -1))"
+"$BIN/kubernetes-validate" --strict --quiet "${manifests[@]}"
 
 if command -v kubectl >/dev/null 2>&1; then
     rendered=$(mktemp --suffix=.yaml)
