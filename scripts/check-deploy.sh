@@ -5,8 +5,8 @@
 #   kubernetes-validate      every manifest under deploy/kubernetes (tools/ too), strict
 #     --strict               (unknown fields are errors), against the pinned
 #                            Kubernetes version below and the newest one it
-#                            ships; and the kustomize
-#                            output when kubectl is installed
+#                            ships; and the kustomize output when kubectl is
+#                            installed
 #   docker stack config      deploy/swarm/stack.yml against the compose
 #                            schema, when a docker CLI is installed (it needs
 #                            no daemon)
@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-# The oldest Kubernetes we support (pod-index label GA in 1.32; the schema
-# ships inside kubernetes-validate, so no download).
+# The oldest Kubernetes we support (docs/deploy.md 3.1; the schemas ship
+# inside kubernetes-validate, so no download).
 K8S_VERSION=${K8S_VERSION:-1.33.0}
 
 echo "check-deploy: yamllint"
