@@ -51,12 +51,21 @@ def serve_role(role: str, cfg: configmod.Config) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     module = importlib.import_module(ROLES[role])
+    from bazaar import metrics
+
+    try:
+        exposition = metrics.serve(cfg.bind_host, cfg.metrics_port)
+    except OSError as exc:
+        raise click.ClickException(f"BAZAAR_METRICS_PORT {cfg.metrics_port}: {exc}") from None
     try:
         module.run(cfg, stop)
     except BazaarError as err:
         raise click.ClickException(f"{err.code}: {err.message}") from None
     except configmod.ConfigError as err:
         raise click.ClickException(str(err)) from None
+    finally:
+        if exposition is not None:
+            exposition.stop()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

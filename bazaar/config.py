@@ -18,6 +18,7 @@ DEFAULT_CATALOG_PUB = "tcp://127.0.0.1:5556"
 DEFAULT_ORDER_REPLICAS = "1=tcp://127.0.0.1:5561,2=tcp://127.0.0.1:5562,3=tcp://127.0.0.1:5563"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+_HOST = re.compile(r"^([A-Za-z0-9_.\-]+|[0-9A-Fa-f:.]+)$")
 _ENDPOINT = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -57,6 +58,13 @@ def parse_int(value: str, var: str, minimum: int = 0, maximum: int | None = None
     return number
 
 
+def parse_host(value: str, var: str) -> str:
+    host = value.strip()
+    if not _HOST.match(host):
+        raise ConfigError(f"{var}: {value!r} is not a host name or IP address")
+    return host
+
+
 @dataclass(frozen=True)
 class Config:
     catalog: str = DEFAULT_CATALOG
@@ -69,6 +77,10 @@ class Config:
     cache_size: int = 100
     http_port: int = 8080
     log_level: str = "INFO"
+    # The host services bind their listeners to (the image sets 0.0.0.0).
+    bind_host: str = "127.0.0.1"
+    # A service's own /metrics port; 0 = off (the front end also serves /metrics on http_port).
+    metrics_port: int = 0
 
     def with_(self, **changes) -> Config:
         """A copy with some fields changed (command-line flags override env)."""
@@ -98,4 +110,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         if level not in LOG_LEVELS:
             raise ConfigError(f"BAZAAR_LOG_LEVEL: {level!r} is not one of {', '.join(LOG_LEVELS)}")
         kwargs["log_level"] = level
+    if get("BAZAAR_BIND_HOST"):
+        kwargs["bind_host"] = parse_host(env["BAZAAR_BIND_HOST"], "BAZAAR_BIND_HOST")
+    if get("BAZAAR_METRICS_PORT"):
+        kwargs["metrics_port"] = parse_int(
+            env["BAZAAR_METRICS_PORT"], "BAZAAR_METRICS_PORT", 0, 65535
+        )
     return Config(**kwargs)

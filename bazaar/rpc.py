@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from bazaar import __version__, wire
+from bazaar import __version__, metrics, wire
 from bazaar.errors import BazaarError
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class Server:
         self._own_ctx = None if context is not None else zmq.Context(io_threads=1)
         self._ctx = context or self._own_ctx
         self._methods: dict[str, _Method] = {}
+        # The metrics hook: (method, code, seconds) for every executed request.
+        self.observe: Callable[[str, str, float], None] = metrics.RpcObserver(service)
         self._workers = workers
         self._max_pending = max_pending
         self._pending = 0
@@ -342,8 +344,11 @@ class Server:
             pusher.send_multipart(frames)
 
     def _execute(self, method: _Method, request: wire.Request, deadline: float | None) -> bytes:
+        started = time.perf_counter()
+        code = "OK"
         if deadline is not None and time.monotonic() >= deadline:
             err = BazaarError("DEADLINE_EXCEEDED", "deadline passed before the call ran")
+            self.observe(request.method, err.code, time.perf_counter() - started)
             return wire.encode_error(request.id, err)
         _running.deadline = deadline
         try:
@@ -351,13 +356,16 @@ class Server:
             result = method.func(**request.args)
             return wire.encode_result(request.id, result)
         except BazaarError as err:
+            code = err.code
             return wire.encode_error(request.id, err)
         except Exception as exc:
             log.exception("%s.%s failed", self.service, request.method)
             err = BazaarError("INTERNAL", f"{request.method} failed: {type(exc).__name__}: {exc}")
+            code = err.code
             return wire.encode_error(request.id, err)
         finally:
             _running.deadline = None
+            self.observe(request.method, code, time.perf_counter() - started)
 
 
 class Client:

@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from bazaar import rpc, wire
+from bazaar import metrics, rpc, wire
 from bazaar.catalog.store import Catalog
 from bazaar.config import Config
 
@@ -129,6 +129,7 @@ class CatalogService:
     ):
         self.config = config
         self.catalog = Catalog.open(config.data_dir)
+        self.invalidations = 0
         try:
             self.publisher = Publisher(
                 rpc.bind_endpoint(config.catalog_pub),
@@ -175,6 +176,7 @@ class CatalogService:
         outcome = self.catalog.trade(key, name, type, quantity, epoch, leader)
         if outcome.applied:
             self.publisher.invalidate(outcome.result["name"])
+            self.invalidations += 1  # read by bazaar.metrics at scrape time
         return outcome.result
 
     def fence(self, epoch, leader=None):
@@ -211,6 +213,7 @@ class CatalogService:
 def run(config: Config, stop: threading.Event) -> None:
     """The `bazaar catalog` role: serve until `stop` is set."""
     service = CatalogService(config).start()
+    metrics.watch("catalog", service)
     try:
         stop.wait()
     finally:

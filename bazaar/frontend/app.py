@@ -21,10 +21,13 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from bazaar import metrics
 from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.frontend.cache import InvalidationFeed, LookupCache
-from bazaar.frontend.leader import OrderRouter, in_parallel
+from bazaar.frontend.leader import OrderRouter
+from bazaar.frontend.monitor import ClusterMonitor
+from bazaar.frontend.observe import RecentSamples, instrument
 from bazaar.frontend.validation import (
     MAX_BODY_BYTES,
     order_key,
@@ -37,7 +40,6 @@ from bazaar.rpc import Client
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT = 3.0
-HEALTH_TIMEOUT = 1.0
 STOCK_FIELDS = ("name", "price", "quantity", "volume", "max_volume")
 # Answers after which the catalog certainly did not change.
 NO_TRADE_CODES = frozenset(
@@ -63,9 +65,15 @@ def create_app(
     catalog: Any = None,
     orders: Any = None,
     cache: LookupCache | None = None,
+    measure: bool = True,
 ) -> Flask:
-    """Build the front end. Missing collaborators are made from `config` and started."""
+    """Build the front end. Missing collaborators are made from `config` and started.
+
+    `measure=False` leaves out the HTTP metrics and the dashboard's samples
+    (bench/http.py measures what they cost).
+    """
     config = config or Config()
+    # The dashboard's files: bazaar/frontend/static, served under /static/.
     app = Flask("bazaar.frontend")
     # One byte of slack: werkzeug truncates a chunked body at this limit instead
     # of refusing it, so `read_body` reads one byte more than it accepts.
@@ -81,16 +89,34 @@ def create_app(
     if orders is None:
         orders = OrderRouter(config.order_replicas).start()
         owned.append(orders)
+    monitor = ClusterMonitor(catalog, orders, cache).start()
+    owned.append(monitor)
+    samples = RecentSamples() if measure else None
+    parts = FrontendParts(catalog, orders, cache, monitor, samples)
     app.extensions["bazaar"] = {
         "catalog": catalog,
         "orders": orders,
         "cache": cache,
+        "monitor": monitor,
+        "samples": samples,
         "owned": owned,
+        "parts": parts,
     }
+    metrics.watch("frontend", parts)
     _register_errors(app)
     _register_routes(app, catalog, orders, cache)
-    app.wsgi_app = serve_cached_lookups(app.wsgi_app, cache)  # type: ignore[method-assign]
+    _register_dashboard(app, parts)
+    wsgi = serve_cached_lookups(app.wsgi_app, cache)
+    app.wsgi_app = instrument(wsgi, samples) if measure else wsgi  # type: ignore[method-assign]
     return app
+
+
+class FrontendParts:
+    """What the dashboard and the metrics collector read (held weakly by bazaar.metrics)."""
+
+    def __init__(self, catalog, orders, cache, monitor, samples):
+        self.catalog, self.orders, self.cache = catalog, orders, cache
+        self.monitor, self.samples = monitor, samples
 
 
 def serve_cached_lookups(wsgi_app, cache: LookupCache):
@@ -190,56 +216,41 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
         data = {k: record.get(k) for k in ("number", "name", "type", "quantity")}
         return _body({"data": data})
 
+
+def _register_dashboard(app: Flask, parts: FrontendParts) -> None:
+    """`/health`, `/metrics`, the dashboard at `/` and its data: no RPC per request."""
+
     @app.get("/health")
     def health():
-        data, status = health_report(catalog, orders, cache)
+        data, status = parts.monitor.health()
         return _body({"data": data}, status)
 
+    @app.get("/metrics")
+    def metrics_exposition():
+        return Response(metrics.exposition(), mimetype=None, content_type=metrics.CONTENT_TYPE)
 
-def health_report(catalog, orders, cache: LookupCache) -> tuple[dict[str, Any], int]:
-    """SPEC section 1 /health body and its HTTP status (503 when orders cannot be taken)."""
+    @app.get("/")
+    def dashboard():
+        resp = app.send_static_file("index.html")
+        # Everything from this origin only: the page works offline, no CDN.
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+        )
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
 
-    def catalog_up() -> bool:
-        try:
-            catalog.call("ping", timeout=HEALTH_TIMEOUT, idempotent=True)
-            return True
-        except BazaarError:
-            return False
-
-    checks = {"catalog": catalog_up, "orders": lambda: orders.statuses(HEALTH_TIMEOUT)}
-    done = in_parallel(lambda name: checks[name](), checks, HEALTH_TIMEOUT + 2.0)
-    cat_up = bool(done["catalog"])
-    statuses = done["orders"] or {}
-    leader, epoch = orders.leader, orders.epoch
-    replicas = {
-        str(rid): {
-            "up": st is not None,
-            "last_number": st.get("last_number") if st else None,
-            "role": st.get("role") if st else None,
-        }
-        for rid, st in sorted(statuses.items())
-    }
-    # The leader must answer and still see itself as leader (a replica restarted
-    # in the same epoch does not, until the next election).
-    leader_status = statuses.get(leader) if leader is not None else None
-    leader_up = leader_status is not None and leader_status.get("leader") == leader
-    # Orders commit only on a majority (the leader counted): without one the
-    # leader takes none, whatever else is up.
-    live = sum(1 for st in statuses.values() if st is not None)
-    majority = live >= len(statuses) // 2 + 1 and (
-        leader_status is None or leader_status.get("majority") is not False
-    )
-    if not (cat_up and leader_up and majority):
-        state = "unavailable"
-    elif all(st is not None for st in statuses.values()):
-        state = "ok"
-    else:
-        state = "degraded"
-    stats = cache.stats()
-    data = {
-        "status": state,
-        "catalog": {"up": cat_up},
-        "order": {"leader": leader, "epoch": epoch, "replicas": replicas},
-        "cache": stats,
-    }
-    return data, 503 if state == "unavailable" else 200
+    @app.get("/api/dashboard")
+    def dashboard_data():
+        data, status = parts.monitor.health()
+        data["status_code"] = status
+        data["elections"] = getattr(parts.orders, "elections", 0)
+        return _body(
+            {
+                "data": {
+                    "cluster": data,
+                    "market": parts.monitor.market(),
+                    "samples": parts.samples.series() if parts.samples is not None else [],
+                    "age_seconds": round(min(parts.monitor.age, 3600.0), 3),
+                }
+            }
+        )

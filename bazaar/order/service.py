@@ -28,7 +28,7 @@ from pathlib import Path
 
 import zmq
 
-from bazaar import rpc, wire
+from bazaar import metrics, rpc, wire
 from bazaar.config import Config
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.order import replication as rep
@@ -862,6 +862,7 @@ class OrderReplica:
 def run(config: Config, stop: threading.Event) -> None:
     """The CLI entry point: serve until `stop` is set."""
     replica = OrderReplica(config).start()
+    metrics.watch("order", replica)
     try:
         stop.wait()
     finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.conftest import free_port, wait_until
 
 REPLICA_IDS = (1, 2, 3)
+SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
 
 
 @dataclass
@@ -30,12 +31,17 @@ class Cluster:
     cache_size: int = 100
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Give catalog and replicas a /metrics port each (BAZAAR_METRICS_PORT).
+    metrics: bool = False
 
     def __post_init__(self):
         self.catalog_port = free_port()
         self.pub_port = free_port()
         self.order_ports = {rid: free_port() for rid in REPLICA_IDS}
         self.http_port = free_port()
+        self.metrics_ports = (
+            {name: free_port() for name in SERVICES if name != "frontend"} if self.metrics else {}
+        )
         self.catalog_endpoint = f"tcp://127.0.0.1:{self.catalog_port}"
         self.order_endpoints = {
             rid: f"tcp://127.0.0.1:{port}" for rid, port in self.order_ports.items()
@@ -69,8 +75,16 @@ class Cluster:
             BAZAAR_LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
         )
+        if name in self.metrics_ports:
+            env["BAZAAR_METRICS_PORT"] = str(self.metrics_ports[name])
         env.update(self.extra_env)
         return env
+
+    def metrics_url(self, name: str) -> str:
+        """Where `name` exposes its metrics (the front end: on its HTTP port)."""
+        if name == "frontend":
+            return f"{self.url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     # ---- processes ----------------------------------------------------
     def start(self, name: str) -> subprocess.Popen:
@@ -92,7 +106,7 @@ class Cluster:
         return proc
 
     def start_all(self, timeout: float = 20.0) -> Cluster:
-        for name in ("catalog", "order1", "order2", "order3", "frontend"):
+        for name in SERVICES:
             self.start(name)
         self.wait_healthy(timeout)
         return self

@@ -30,6 +30,9 @@ METHODS_405 = {
     "/orders": ["GET", "PUT", "DELETE", "PATCH"],
     "/orders/0": ["POST", "PUT", "DELETE", "PATCH"],
     "/health": ["POST", "PUT", "DELETE", "PATCH"],
+    "/": ["POST", "PUT", "DELETE", "PATCH"],
+    "/metrics": ["POST", "PUT", "DELETE"],
+    "/api/dashboard": ["POST", "DELETE"],
 }
 GOOD = {"name": "GameStart", "quantity": 1, "type": "buy"}
 CONTENT_TYPES = [
@@ -147,11 +150,12 @@ def make_case(rng: random.Random):
     kind = rng.randrange(7)
     if kind == 0:  # unknown paths
         path = rng.choice(
-            ["/", "/stock/", "/orders/", "/stocks", "/healthz", "/orders/1/2", "/stocks/a/b"]
+            ["/stock/", "/orders/", "/stocks", "/healthz", "/orders/1/2", "/stocks/a/b"]
         )
         if rng.random() < 0.6:
             path = "/" + quote(rand_text(rng, rng.randrange(1, 40))) + rng.choice(["", "/", "/x"])
-            if path.startswith(("/stocks/", "/orders/", "/health")) or path in ("/orders",):
+            known = ("/stocks/", "/orders/", "/health", "/static/", "/metrics", "/api/dashboard")
+            if path.startswith(known) or path in ("/orders",):
                 path = "/zz" + path
         return rng.choice(["GET", "POST", "DELETE"]), path, {}, b"", 404
     if kind == 1:  # wrong methods

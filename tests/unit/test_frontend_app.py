@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bazaar.errors import BazaarError
-from bazaar.frontend.app import create_app
+from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
 
 STOCK = {"name": "GameStart", "price": 15.99, "quantity": 100, "volume": 0, "max_volume": None}
@@ -24,6 +24,10 @@ class FakeCatalog:
             if not self.up:
                 raise BazaarError("UNAVAILABLE", "down")
             return {"service": "catalog"}
+        if method == "list_stocks":
+            if not self.up:
+                raise BazaarError("UNAVAILABLE", "down")
+            return {"stocks": [dict(STOCK)]}
         assert method == "lookup"
         self.lookups += 1
         if self.fail:
@@ -77,7 +81,14 @@ def parts():
 def client(parts):
     catalog, orders, cache = parts
     app = create_app(catalog=catalog, orders=orders, cache=cache)
-    return app.test_client()
+    yield app.test_client()
+    close_app(app)
+
+
+def refreshed(client):
+    """The client, after the front end's background view was refreshed from the fakes."""
+    client.application.extensions["bazaar"]["monitor"].refresh()
+    return client
 
 
 def assert_error(resp, status):
@@ -271,7 +282,7 @@ def test_unknown_order_number_is_404(client):
 
 
 # ---- routes and methods -----------------------------------------------------
-@pytest.mark.parametrize("path", ["/", "/stocks", "/stocks/", "/orders/", "/order/1", "/x" * 50])
+@pytest.mark.parametrize("path", ["/stocks", "/stocks/", "/orders/", "/order/1", "/x" * 50])
 def test_unknown_routes_are_json_404(client, path):
     assert_error(client.get(path), 404)
 
@@ -305,33 +316,38 @@ def test_unexpected_exception_is_json_500(parts):
 
 # ---- health -------------------------------------------------------------------
 def test_health_ok(client):
-    resp = client.get("/health")
+    resp = refreshed(client).get("/health")
     assert resp.status_code == 200
     data = resp.get_json()["data"]
     assert data["status"] == "ok"
     assert data["catalog"] == {"up": True}
     assert data["order"]["leader"] == 3 and data["order"]["epoch"] == 1
-    assert data["order"]["replicas"]["1"] == {"up": True, "last_number": None, "role": "x"}
+    assert data["order"]["replicas"]["1"] == {
+        "up": True,
+        "last_number": None,
+        "role": "x",
+        "lag": None,
+    }
     assert {"capacity", "size", "hits", "misses"} <= set(data["cache"])
 
 
 def test_health_degraded_when_a_follower_is_down(client, parts):
     parts[1].replica_up[1] = False
-    resp = client.get("/health")
+    resp = refreshed(client).get("/health")
     assert resp.status_code == 200
     assert resp.get_json()["data"]["status"] == "degraded"
 
 
 def test_health_503_when_leader_down(client, parts):
     parts[1].replica_up[3] = False
-    resp = client.get("/health")
+    resp = refreshed(client).get("/health")
     assert resp.status_code == 503
     assert resp.get_json()["data"]["status"] == "unavailable"
 
 
 def test_health_503_when_catalog_down(client, parts):
     parts[0].up = False
-    resp = client.get("/health")
+    resp = refreshed(client).get("/health")
     assert resp.status_code == 503
     assert resp.get_json()["data"]["catalog"] == {"up": False}
 
@@ -340,12 +356,12 @@ def test_health_503_when_leader_no_longer_leads(client, parts):
     parts[1].leader = 3
     real = parts[1].statuses
     parts[1].statuses = lambda timeout=None: {**real(), 3: {"id": 3, "leader": None, "epoch": 1}}
-    assert client.get("/health").status_code == 503
+    assert refreshed(client).get("/health").status_code == 503
 
 
 def test_health_503_when_no_leader(client, parts):
     parts[1].leader = None
-    assert client.get("/health").status_code == 503
+    assert refreshed(client).get("/health").status_code == 503
 
 
 # ---- the cached-lookup fast path ------------------------------------------------
@@ -378,3 +394,54 @@ def test_failed_order_drops_entry_only_when_it_may_have_traded(client, parts, co
     order(client, GOOD)
     client.get("/stocks/GameStart")
     assert catalog.lookups == (2 if drops else 1)
+
+
+# ---- the dashboard ----------------------------------------------------------------
+def test_dashboard_page_and_its_assets_come_from_this_origin(client):
+    resp = client.get("/")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    page = resp.get_data(as_text=True)
+    assert 'name="viewport"' in page and '<html lang="en">' in page
+    for asset in ("/static/style.css", "/static/dashboard.js"):
+        assert asset in page
+        body = client.get(asset)
+        assert body.status_code == 200
+        # No CDN, nothing fetched from another host.
+        assert "http://" not in body.get_data(as_text=True).replace("http://www.w3.org", "")
+        assert "https://" not in body.get_data(as_text=True)
+    assert_error(client.get("/static/nope.js"), 404)
+
+
+def test_dashboard_data_from_the_background_view(client, parts):
+    _, orders, cache = parts
+    client.get("/stocks/GameStart")
+    client.get("/stocks/GameStart")
+    data = refreshed(client).get("/api/dashboard").get_json()["data"]
+    assert data["market"] == [STOCK]
+    assert data["cluster"]["status"] == "ok"
+    assert data["cluster"]["order"]["leader"] == 3
+    assert data["cluster"]["cache"]["hits"] >= 1
+    assert len(data["samples"]) == 300
+    assert sum(s["lookups"] for s in data["samples"]) in (0, 1, 2)  # the current second is left out
+    parts[0].up = False
+    data = refreshed(client).get("/api/dashboard").get_json()["data"]
+    assert data["market"] is None and data["cluster"]["catalog"] == {"up": False}
+
+
+def test_health_polls_cost_no_rpc_per_request(client, parts):
+    catalog, orders, _ = parts
+    calls = {"statuses": 0}
+    real = orders.statuses
+
+    def counting(timeout=None):
+        calls["statuses"] += 1
+        return real(timeout)
+
+    orders.statuses = counting
+    refreshed(client)
+    before = calls["statuses"]
+    for _ in range(200):
+        assert client.get("/health").status_code == 200
+    # The probes run every 0.25 s; 200 polls in well under a second add a handful at most.
+    assert calls["statuses"] - before < 20
