@@ -9,8 +9,10 @@ and the exposition is that registry.
 How services feed it, without metric code in their hot paths:
 - counters and histograms observed where the work happens: the RPC server's
   one hook (`RpcObserver`: method, code, duration per executed request; the
-  order and catalog results are derived from it), the front end's WSGI
-  wrapper (`bazaar.frontend.observe`), and the fsync timers;
+  order and catalog results are derived from it), and the fsync timers;
+- the front end's HTTP counters and histograms are kept by its own meter
+  (`bazaar.frontend.observe.HttpMeter`, cheaper per request) and exposed
+  through the frontend collector;
 - gauges and counters the services already keep (leader, epoch, commit
   number, follower positions, cache counters, elections) are read at scrape
   time by collectors from a *source* the service hands over with `watch_*`.
@@ -107,21 +109,8 @@ _SERVICE_METRICS: dict[str, dict[str, Any]] = {
             registry=None,
         ),
     },
-    "frontend": {
-        "http_requests": Counter(
-            "bazaar_http_requests_total",
-            "HTTP requests answered by the front end, by route, method and status code.",
-            ["route", "method", "code"],
-            registry=None,
-        ),
-        "http_duration": Histogram(
-            "bazaar_http_request_duration_seconds",
-            "Time the front end's application took to answer one HTTP request.",
-            ["route"],
-            buckets=FAST_BUCKETS,
-            registry=None,
-        ),
-    },
+    # The front end's HTTP metrics come from its HttpMeter (bazaar.frontend.observe),
+    # through the frontend collector below.
 }
 _enabled: set[str] = set()
 _enable_lock = threading.Lock()
@@ -250,6 +239,9 @@ def _catalog_metrics(service: Any) -> Iterator[Metric]:
 
 
 def _frontend_metrics(parts: Any) -> Iterator[Metric]:
+    meter = getattr(parts, "meter", None)
+    if meter is not None:
+        yield from meter.collect()
     stats = parts.cache.stats()
     yield CounterMetricFamily(
         "bazaar_cache_hits", "Lookups answered from the cache.", value=stats["hits"]

@@ -27,7 +27,7 @@ from bazaar.errors import BazaarError
 from bazaar.frontend.cache import InvalidationFeed, LookupCache
 from bazaar.frontend.leader import OrderRouter
 from bazaar.frontend.monitor import ClusterMonitor
-from bazaar.frontend.observe import RecentSamples, instrument
+from bazaar.frontend.observe import HttpMeter, RecentSamples
 from bazaar.frontend.validation import (
     MAX_BODY_BYTES,
     order_key,
@@ -92,7 +92,8 @@ def create_app(
     monitor = ClusterMonitor(catalog, orders, cache).start()
     owned.append(monitor)
     samples = RecentSamples() if measure else None
-    parts = FrontendParts(catalog, orders, cache, monitor, samples)
+    meter = HttpMeter(samples) if measure else None
+    parts = FrontendParts(catalog, orders, cache, monitor, samples, meter)
     app.extensions["bazaar"] = {
         "catalog": catalog,
         "orders": orders,
@@ -107,16 +108,21 @@ def create_app(
     _register_routes(app, catalog, orders, cache)
     _register_dashboard(app, parts)
     wsgi = serve_cached_lookups(app.wsgi_app, cache)
-    app.wsgi_app = instrument(wsgi, samples) if measure else wsgi  # type: ignore[method-assign]
+    app.wsgi_app = meter.wrap(wsgi) if meter is not None else wsgi  # type: ignore[method-assign]
     return app
 
 
 class FrontendParts:
     """What the dashboard and the metrics collector read (held weakly by bazaar.metrics)."""
 
-    def __init__(self, catalog, orders, cache, monitor, samples):
+    def __init__(self, catalog, orders, cache, monitor, samples, meter):
         self.catalog, self.orders, self.cache = catalog, orders, cache
-        self.monitor, self.samples = monitor, samples
+        self.monitor, self.samples, self.meter = monitor, samples, meter
+
+    def drain(self) -> None:
+        """Bring the HTTP metrics and samples up to date (before a scrape or a read)."""
+        if self.meter is not None:
+            self.meter.drain()
 
 
 def serve_cached_lookups(wsgi_app, cache: LookupCache):
@@ -241,6 +247,7 @@ def _register_dashboard(app: Flask, parts: FrontendParts) -> None:
 
     @app.get("/api/dashboard")
     def dashboard_data():
+        parts.drain()
         data, status = parts.monitor.health()
         data["status_code"] = status
         data["elections"] = getattr(parts.orders, "elections", 0)

@@ -6,7 +6,7 @@ from prometheus_client import REGISTRY
 
 from bazaar import metrics
 from bazaar.frontend.monitor import health
-from bazaar.frontend.observe import RecentSamples, instrument, quantile, route_of
+from bazaar.frontend.observe import HttpMeter, RecentSamples, quantile, route_of
 
 
 def value(name: str, **labels) -> float:
@@ -100,25 +100,29 @@ def test_order_gauges_come_from_the_replica_status():
     assert REGISTRY.get_sample_value("bazaar_order_is_leader") is None
 
 
-def test_instrumented_app_counts_routes_methods_and_codes():
+def test_http_meter_counts_routes_methods_and_codes():
     def app(environ, start_response):
         code = "404 NOT FOUND" if environ["PATH_INFO"] == "/nope" else "200 OK"
         start_response(code, [("Content-Type", "text/plain")])
         return [b"x"]
 
     samples = RecentSamples()
-    wrapped = instrument(app, samples)
-    before = value("bazaar_http_requests_total", route="other", method="other", code="404")
-    hits = value("bazaar_http_requests_total", route="/stocks/<name>", method="GET", code="200")
-    for path, method in [("/stocks/A", "GET"), ("/stocks/B", "GET"), ("/nope", "BREW")]:
+    meter = HttpMeter(samples, batch=2)
+    wrapped = meter.wrap(app)
+    requests = [("/stocks/A", "GET"), ("/stocks/B", "GET"), ("/nope", "BREW"), ("/stocks/C", "GET")]
+    for path, method in requests:
         assert wrapped({"PATH_INFO": path, "REQUEST_METHOD": method}, lambda *a: None) == [b"x"]
-    assert value(
-        "bazaar_http_requests_total", route="/stocks/<name>", method="GET", code="200"
-    ) == (hits + 2)
-    assert value("bazaar_http_requests_total", route="other", method="other", code="404") == (
-        before + 1
-    )
-    assert sum(s["lookups"] for s in samples.series(now=samples._second + 1)) == 2
+    assert len(meter._queue) < 2  # drained on the request path once a batch waits
+    families = {f.name: f for f in meter.collect()}
+    counts = {tuple(s.labels.values()): s.value for s in families["bazaar_http_requests"].samples}
+    assert counts == {("/stocks/<name>", "GET", "200"): 3, ("other", "other", "404"): 1}
+    buckets = [
+        s
+        for s in families["bazaar_http_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert {s.labels["route"]: s.value for s in buckets} == {"/stocks/<name>": 3, "other": 1}
+    assert sum(s["lookups"] for s in samples.series(now=samples._second + 1)) >= 1
 
 
 def test_health_states_and_lag():
