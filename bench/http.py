@@ -18,6 +18,7 @@ Rows:
     .venv/bin/python bench/http.py [--seconds 3] [--sessions 16] [--servers ...]
     .venv/bin/python bench/http.py --sweep-plots docs/img   # + cache on/off sweep PNGs
     .venv/bin/python bench/http.py sweep docs/img           # only the sweep PNGs
+    .venv/bin/python bench/http.py --rounds 6 metrics       # HTTP metrics on vs off
 
 Goals (issue 4): cached lookups >= 1.5x the Flask+waitress floor's throughput
 and >= 3x the development server's.
@@ -81,7 +82,19 @@ def frontend_app():
     return create_app(config.from_env())
 
 
-APPS = {"baseline": baseline_app, "frontend": frontend_app}
+def frontend_app_unmeasured():
+    """The same front end without HTTP metrics or dashboard samples (`measure=False`)."""
+    from bazaar import config
+    from bazaar.frontend.app import create_app
+
+    return create_app(config.from_env(), measure=False)
+
+
+APPS = {
+    "baseline": baseline_app,
+    "frontend": frontend_app,
+    "frontend-unmeasured": frontend_app_unmeasured,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -500,6 +513,56 @@ def run_main(args) -> None:
     print(f"bench took {time.monotonic() - t0:.0f}s")
 
 
+def metrics_main(args) -> None:
+    """Cached lookups with the HTTP metrics on vs off, interleaved rounds in one run.
+
+    Goal (issue 12): the instrumentation costs at most 5 % of throughput.
+    """
+    import numpy as np
+
+    from tests.system.cluster import Cluster
+
+    print(
+        f"metrics on vs off: cached lookups, granian, {args.sessions} sessions, "
+        f"{args.rounds} interleaved rounds of {args.seconds}s",
+        flush=True,
+    )
+    rps: dict[str, list[float]] = {"frontend": [], "frontend-unmeasured": []}
+    p50: dict[str, list[float]] = {name: [] for name in rps}
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "cluster").mkdir()
+        with Cluster(tmp / "cluster") as cluster:
+            for name in ("catalog", "order1", "order2", "order3"):
+                cluster.start(name)
+            for n in range(args.rounds):
+                # Alternate which goes first, so drift on a shared machine cancels out.
+                order = list(rps) if n % 2 == 0 else list(reversed(rps))
+                for app in order:
+                    with open(tmp / f"{app}.log", "ab") as log:
+                        env = cluster.env("frontend")
+                        proc = start_server("granian", app, cluster.http_port, env, log)
+                    try:
+                        wait_ready(cluster.http_port, proc, "/health")
+                        sample = run_clients(
+                            cluster.http_port, "lookup", args.sessions, args.seconds, 2
+                        )
+                    finally:
+                        stop(proc)
+                    rps[app].append(len(sample["lat"]) / sample["seconds"])
+                    p50[app].append(float(np.median(sample["lat"])) * 1000)
+                    print(f"  round {n + 1} {app:<20} {rps[app][-1]:7.0f} req/s", flush=True)
+    on, off = (float(np.median(rps[k])) for k in ("frontend", "frontend-unmeasured"))
+    cost = (off - on) / off
+    print()
+    print("| front end | req/s (median) | p50 ms (median) |")
+    print("|---|---:|---:|")
+    print(f"| metrics on | {on:.0f} | {np.median(p50['frontend']):.3f} |")
+    print(f"| metrics off | {off:.0f} | {np.median(p50['frontend-unmeasured']):.3f} |")
+    verdict = "met" if cost <= 0.05 else "MISSED"
+    print(f"instrumentation cost: {cost:.1%} of throughput (goal <= 5 %: {verdict})")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd")
@@ -509,6 +572,7 @@ def parse_args(argv=None):
     serve.add_argument("--port", type=int, required=True)
     sweep = sub.add_parser("sweep", help="only the cache on/off `bazaar load --sweep` plots")
     sweep.add_argument("dir", help="where sweep-cache-on.png and sweep-cache-off.png go")
+    sub.add_parser("metrics", help="cached lookups with metrics on vs off (issue 12)")
     client = sub.add_parser("client", help="(internal) one load-generator process")
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--kind", choices=("lookup", "order"), required=True)
@@ -540,6 +604,8 @@ def main(argv=None) -> None:
         SERVE[args.server](APPS[args.app], args.port)
     elif args.cmd == "client":
         client_main(args)
+    elif args.cmd == "metrics":
+        metrics_main(args)
     elif args.cmd == "sweep":
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
             sweep_plots(Path(args.dir), Path(tmp))
