@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bazaar import metrics
 from bazaar.catalog import db, legacy
 from bazaar.catalog.market import (
     Fence,
@@ -56,6 +57,8 @@ from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
+# One group commit (COMMIT with synchronous=FULL: the fsyncs) per observation.
+_FSYNC_SECONDS = metrics.fsync_timer("catalog")
 
 DB_FILE = db.DB_FILE
 LOCK_FILE = "catalog.lock"
@@ -328,7 +331,8 @@ class Catalog:
             fences = [c.fence for c in batch if c.fence is not None]
             fence = fences[-1] if fences else None
         try:
-            db.commit_batch(self._writer, trades, stocks, fence)
+            with _FSYNC_SECONDS.time():  # bazaar_catalog_fsync_duration_seconds
+                db.commit_batch(self._writer, trades, stocks, fence)
         except (sqlite3.Error, OSError) as exc:
             self._log_write_failure(exc, len(trades))
             self._fail(batch, _storage_error(exc))

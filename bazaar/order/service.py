@@ -36,6 +36,7 @@ from bazaar.order.log import ORDER_TYPES, OrderLog, Record
 from bazaar.order.log import ReplicaState as StateFile
 
 log = logging.getLogger(__name__)
+_FSYNC_SECONDS = metrics.fsync_timer("order")
 
 TICK = 0.02  # replication timer resolution
 RECONCILE_EVERY = 1.0
@@ -252,7 +253,8 @@ class OrderReplica:
                     if not ops:
                         self._flushing = False
                         return
-                self._write(ops)
+                with _FSYNC_SECONDS.time():  # bazaar_order_fsync_duration_seconds
+                    self._write(ops)
         except BaseException:
             with self._lock:
                 self._flushing = False

@@ -99,3 +99,16 @@ def test_frontend_metrics_route_and_promtool():
             assert check.returncode == 0, check.stdout + check.stderr
     finally:
         close_app(app)
+
+
+def test_fsync_histograms_observe_durable_writes(tmp_path):
+    from bazaar.catalog.service import CatalogService
+    from bazaar.config import Config
+
+    before = value("bazaar_catalog_fsync_duration_seconds_count")
+    config = Config(catalog="tcp://127.0.0.1:0", catalog_pub="tcp://127.0.0.1:0", data_dir=tmp_path)
+    with CatalogService(config) as service:
+        service.trade("k1", "GameStart", "buy", 1, 1)
+        service.trade("k2", "GameStart", "sell", 1, 1)
+    assert value("bazaar_catalog_fsync_duration_seconds_count") >= before + 2
+    assert value("bazaar_catalog_fsync_duration_seconds_sum") > 0

@@ -33,15 +33,15 @@ class Cluster:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     # Give catalog and replicas a /metrics port each (BAZAAR_METRICS_PORT).
     metrics: bool = False
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         self.catalog_port = free_port()
         self.pub_port = free_port()
         self.order_ports = {rid: free_port() for rid in REPLICA_IDS}
         self.http_port = free_port()
-        self.metrics_ports = (
-            {name: free_port() for name in SERVICES if name != "frontend"} if self.metrics else {}
-        )
+        if self.metrics:
+            self.metrics_ports = {name: free_port() for name in SERVICES if name != "frontend"}
         self.catalog_endpoint = f"tcp://127.0.0.1:{self.catalog_port}"
         self.order_endpoints = {
             rid: f"tcp://127.0.0.1:{port}" for rid, port in self.order_ports.items()

@@ -197,6 +197,8 @@ def test_prometheus_sees_the_cluster_and_a_failover(monitored):
     )
     assert (prom.scalar("sum(bazaar_catalog_trades_total)") or 0) > 0
     assert (prom.scalar("bazaar_catalog_invalidations_total") or 0) > 0
+    assert (prom.scalar("sum(bazaar_order_fsync_duration_seconds_count)") or 0) > 0
+    assert (prom.scalar("sum(bazaar_catalog_fsync_duration_seconds_count)") or 0) > 0
 
     leader = prom.query("bazaar_order_is_leader == 1")
     assert len(leader) == 1
