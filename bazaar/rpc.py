@@ -95,6 +95,32 @@ def harden(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
+HEARTBEAT_IVL_MS = 500  # a PING on every connection this often...
+HEARTBEAT_TIMEOUT_MS = 2000  # ...and a connection silent this long is dropped
+CONNECT_TIMEOUT_MS = 1000  # a TCP connect that hangs (a vanished host) is retried afresh
+
+
+def watch_peer(sock: zmq.Socket) -> zmq.Socket:
+    """Options of a connecting socket that must notice a vanished peer by itself.
+
+    A peer that dies cleanly resets its connections, and `ZMQ_IMMEDIATE`
+    makes that visible at once (no POLLOUT). A peer that vanishes without a
+    word (a partition, a paused process, a container whose address went
+    away) leaves the TCP connection hanging: zmq heartbeats drop it after
+    HEARTBEAT_TIMEOUT_MS, and the connect timeout keeps reconnection from
+    waiting out the kernel's minutes of SYN retries, so the new connection
+    is up as soon as the peer is reachable again.
+    """
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    return sock
+
+
 def bind_endpoint(endpoint: str) -> str:
     """`tcp://host:port` -> `tcp://*:port`: services bind all interfaces (SPEC 5)."""
     if endpoint.startswith("tcp://"):
@@ -394,12 +420,10 @@ class Client:
         self._closed = False
 
     def _new_socket(self) -> zmq.Socket:
-        sock = harden(self._ctx.socket(zmq.DEALER))
-        # Queue only to live connections: a request to a dead peer fails fast
-        # instead of waiting to be delivered to whoever binds that port next.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # Queue only to live connections (IMMEDIATE): a request to a dead peer
+        # fails fast instead of waiting to be delivered to whoever binds that
+        # port next; heartbeats find a peer that vanished without a word.
+        sock = watch_peer(harden(self._ctx.socket(zmq.DEALER)))
         sock.connect(self.endpoint)
         return sock
 

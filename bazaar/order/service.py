@@ -297,10 +297,7 @@ class OrderReplica:
     def _replication_loop(self) -> None:
         sockets = {}
         for peer in self.peers:
-            sock = rpc.harden(self._ctx.socket(zmq.DEALER))
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+            sock = rpc.watch_peer(rpc.harden(self._ctx.socket(zmq.DEALER)))
             sock.connect(self.endpoints[peer])
             sockets[peer] = sock
         poller = zmq.Poller()
