@@ -510,7 +510,10 @@ class Client:
         # Not connected (yet): a live peer on a reachable host completes the
         # handshake in milliseconds, in zmq's I/O threads, however busy its
         # Python is; waiting the whole budget would only delay failover.
-        if not sock.poll(int(min(budget, self.connect_timeout) * 1000), zmq.POLLOUT):
+        # Never a negative timeout: zmq would wait forever (a retry under load
+        # can start with its deadline already passed).
+        wait_ms = max(0, int(min(budget, self.connect_timeout) * 1000))
+        if not sock.poll(wait_ms, zmq.POLLOUT):
             raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
         send_frames(sock, [b"", payload])
 
