@@ -15,7 +15,7 @@ How services feed it, without metric code in their hot paths:
   through the frontend collector;
 - gauges and counters the services already keep (leader, epoch, commit
   number, follower positions, cache counters, elections) are read at scrape
-  time by collectors from a *source* the service hands over with `watch_*`.
+  time by collectors from a *source* the service hands over with `watch`.
   Sources are held weakly: a stopped service simply disappears from the
   exposition, and the last one watched wins (tests run several in one process).
 
@@ -25,25 +25,23 @@ a replica's exposition does not show the catalog's counters at zero.
 Label values stay few: RPC methods are registered names only, codes come from
 a fixed table, routes are classified by `bazaar.frontend.observe`; no user
 input ever becomes a label value.
+
+Off until `activate()`: prometheus_client imports http.server, urllib and ssl
+(~9 MB of RSS per process, docs/performance.md "Footprint"), so a catalog or
+replica without BAZAAR_METRICS_PORT never loads it, and every hook here is
+then a no-op. The front end, which always serves /metrics, activates it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest, start_http_server
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 log = logging.getLogger(__name__)
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-# No `*_created` series: Prometheus does not need them, and they double the exposition.
-disable_created_metrics()
 
 # Fit for sub-millisecond RPCs and fsyncs, up to the 10 s order deadline.
 FAST_BUCKETS = (
@@ -65,75 +63,120 @@ FAST_BUCKETS = (
     5.0,
     10.0,
 )
+# Per service: the RPC method whose outcomes also count as that service's results.
+_RESULT_OF = {"order": ("order", "orders"), "catalog": ("trade", "trades")}
 
-# ---- every service --------------------------------------------------------
-RPC_REQUESTS = Counter(
-    "bazaar_rpc_requests_total",
-    "RPC requests executed by this service, by method and result code (OK or a gRPC code name).",
-    ["method", "code"],
-)
-RPC_DURATION = Histogram(
-    "bazaar_rpc_duration_seconds",
-    "Time to execute one RPC request (from the handler's start to its encoded reply).",
-    ["method"],
-    buckets=FAST_BUCKETS,
-)
+_defs: _Definitions | None = None
+_lock = threading.Lock()
 
-# ---- per service, registered by enable() ---------------------------------
-_SERVICE_METRICS: dict[str, dict[str, Any]] = {
-    "order": {
-        "orders": Counter(
-            "bazaar_orders_total",
-            "Order RPCs answered by this replica, by result (ok or the error code, lower case).",
-            ["result"],
-            registry=None,
-        ),
-        "fsync": Histogram(
-            "bazaar_order_fsync_duration_seconds",
-            "Time to make one batch of order-log writes durable (group commit).",
+
+def activate() -> None:
+    """Load prometheus_client and define every metric (once per process)."""
+    global _defs
+    if _defs is None:
+        with _lock:
+            if _defs is None:
+                _defs = _Definitions()
+
+
+def active() -> bool:
+    return _defs is not None
+
+
+class _Definitions:
+    """Every metric object, made when metrics are activated."""
+
+    def __init__(self):
+        import prometheus_client as pc
+        from prometheus_client import exposition
+
+        # No `*_created` series: Prometheus does not need them; they double the text.
+        pc.disable_created_metrics()
+        self.pc, self.exposition_module = pc, exposition
+        self.registry = pc.REGISTRY
+        self.rpc_requests = pc.Counter(
+            "bazaar_rpc_requests_total",
+            "RPC requests executed by this service, by method and result code "
+            "(OK or a gRPC code name).",
+            ["method", "code"],
+        )
+        self.rpc_duration = pc.Histogram(
+            "bazaar_rpc_duration_seconds",
+            "Time to execute one RPC request (from the handler's start to its encoded reply).",
+            ["method"],
             buckets=FAST_BUCKETS,
-            registry=None,
-        ),
-    },
-    "catalog": {
-        "trades": Counter(
-            "bazaar_catalog_trades_total",
-            "Trade RPCs answered by the catalog, by result (ok or the error code, lower case).",
-            ["result"],
-            registry=None,
-        ),
-        "fsync": Histogram(
-            "bazaar_catalog_fsync_duration_seconds",
-            "Time to make one batch of catalog changes durable.",
-            buckets=FAST_BUCKETS,
-            registry=None,
-        ),
-    },
-    # The front end's HTTP metrics come from its HttpMeter (bazaar.frontend.observe),
-    # through the frontend collector below.
-}
-_enabled: set[str] = set()
-_enable_lock = threading.Lock()
+        )
+        # Registered on first use (enable), so a replica's exposition does not
+        # show the catalog's counters at zero.
+        self.service_metrics: dict[str, dict[str, Any]] = {
+            "order": {
+                "orders": pc.Counter(
+                    "bazaar_orders_total",
+                    "Order RPCs answered by this replica, by result "
+                    "(ok or the error code, lower case).",
+                    ["result"],
+                    registry=None,
+                ),
+                "fsync": pc.Histogram(
+                    "bazaar_order_fsync_duration_seconds",
+                    "Time to make one batch of order-log writes durable (group commit).",
+                    buckets=FAST_BUCKETS,
+                    registry=None,
+                ),
+            },
+            "catalog": {
+                "trades": pc.Counter(
+                    "bazaar_catalog_trades_total",
+                    "Trade RPCs answered by the catalog, by result "
+                    "(ok or the error code, lower case).",
+                    ["result"],
+                    registry=None,
+                ),
+                "fsync": pc.Histogram(
+                    "bazaar_catalog_fsync_duration_seconds",
+                    "Time to make one batch of catalog changes durable (one COMMIT).",
+                    buckets=FAST_BUCKETS,
+                    registry=None,
+                ),
+            },
+            # The front end's HTTP metrics come from its HttpMeter
+            # (bazaar.frontend.observe), through the frontend collector below.
+            "frontend": {},
+        }
+        self.collectors = {
+            "order": _SourceCollector(_order_metrics),
+            "catalog": _SourceCollector(_catalog_metrics),
+            "frontend": _SourceCollector(_frontend_metrics),
+        }
+        self.enabled: set[str] = set()
+
+    def enable(self, service: str) -> dict[str, Any]:
+        metrics = self.service_metrics.get(service, {})
+        if service not in self.enabled:
+            with _lock:
+                if service not in self.enabled:
+                    for metric in metrics.values():
+                        self.registry.register(metric)
+                    collector = self.collectors.get(service)
+                    if collector is not None:
+                        self.registry.register(collector)
+                    self.enabled.add(service)
+        return metrics
 
 
 def enable(service: str) -> dict[str, Any]:
-    """Register `service`'s own metrics (once per process) and return them by short name."""
-    metrics = _SERVICE_METRICS.get(service, {})
-    if service not in _enabled:
-        with _enable_lock:
-            if service not in _enabled:
-                for metric in metrics.values():
-                    REGISTRY.register(metric)
-                source_collector = _COLLECTORS.get(service)
-                if source_collector is not None:
-                    REGISTRY.register(source_collector)
-                _enabled.add(service)
-    return metrics
+    """Register `service`'s own metrics and return them by short name ({} while off)."""
+    return _defs.enable(service) if _defs is not None else {}
 
 
 # ---- the RPC server's hook --------------------------------------------------
-# Per service: the method whose outcomes also count as that service's results.
-_RESULT_OF = {"order": ("order", "orders"), "catalog": ("trade", "trades")}
+def _ignore(method: str, code: str, seconds: float) -> None:
+    return None
+
+
+def rpc_observer(service: str) -> Callable[[str, str, float], None]:
+    """The hook an `rpc.Server` calls per executed request; a no-op while metrics are off."""
+    return RpcObserver(service) if _defs is not None else _ignore
 
 
 class RpcObserver:
@@ -144,6 +187,9 @@ class RpcObserver:
     """
 
     def __init__(self, service: str):
+        activate()
+        assert _defs is not None
+        self._defs = _defs
         metrics = enable(service)
         result_method, result_metric = _RESULT_OF.get(service, (None, None))
         self._result_method = result_method
@@ -164,26 +210,31 @@ class RpcObserver:
         result = None
         if self._results is not None and method == self._result_method:
             result = self._results.labels("ok" if code == "OK" else code.lower())
-        return RPC_REQUESTS.labels(method, code), RPC_DURATION.labels(method), result
+        return (
+            self._defs.rpc_requests.labels(method, code),
+            self._defs.rpc_duration.labels(method),
+            result,
+        )
 
 
-def fsync_timer(service: str) -> Histogram:
-    """The fsync histogram of `service` ("order" or "catalog"): `with fsync_timer(s).time(): ...`."""
-    return enable(service)["fsync"]
+def fsync_timer(service: str):
+    """`with fsync_timer("order"):` times one durable write ("order" or "catalog")."""
+    histogram = enable(service).get("fsync")
+    return histogram.time() if histogram is not None else contextlib.nullcontext()
 
 
 # ---- collectors reading a watched service's state ----------------------------
 class _SourceCollector:
     """Yields metrics computed from the latest watched source, if it still exists."""
 
-    def __init__(self, build: Callable[[Any], Iterator[Metric]]):
+    def __init__(self, build: Callable[[Any], Iterator[Any]]):
         self._build = build
         self._source: weakref.ref | None = None
 
     def watch(self, source: Any) -> None:
         self._source = weakref.ref(source)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Any]:
         source = self._source() if self._source is not None else None
         if source is None:
             return
@@ -192,12 +243,14 @@ class _SourceCollector:
         except Exception:  # a scrape must never break the service
             log.exception("metrics collection failed")
 
-    def describe(self) -> list[Metric]:
+    def describe(self) -> list[Any]:
         return []  # no describe-time collection: sources come and go
 
 
-def _order_metrics(replica: Any) -> Iterator[Metric]:
+def _order_metrics(replica: Any) -> Iterator[Any]:
     """From `replica.rpc_status()`: the same view the front end elects from."""
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
     st = replica.rpc_status()
     last = st.get("last_number")
     last = -1 if last is None else last
@@ -230,7 +283,9 @@ def _order_metrics(replica: Any) -> Iterator[Metric]:
     yield lag
 
 
-def _catalog_metrics(service: Any) -> Iterator[Metric]:
+def _catalog_metrics(service: Any) -> Iterator[Any]:
+    from prometheus_client.metrics_core import CounterMetricFamily
+
     yield CounterMetricFamily(
         "bazaar_catalog_invalidations",
         "Invalidations the catalog handed to its PUB socket.",
@@ -238,7 +293,9 @@ def _catalog_metrics(service: Any) -> Iterator[Metric]:
     )
 
 
-def _frontend_metrics(parts: Any) -> Iterator[Metric]:
+def _frontend_metrics(parts: Any) -> Iterator[Any]:
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
     meter = getattr(parts, "meter", None)
     if meter is not None:
         yield from meter.collect()
@@ -274,34 +331,35 @@ def _frontend_metrics(parts: Any) -> Iterator[Metric]:
     )
 
 
-_COLLECTORS = {
-    "order": _SourceCollector(_order_metrics),
-    "catalog": _SourceCollector(_catalog_metrics),
-    "frontend": _SourceCollector(_frontend_metrics),
-}
-
-
 def watch(service: str, source: Any) -> None:
-    """Read `service`'s gauges from `source` at scrape time (see the collectors above).
+    """Read `service`'s gauges from `source` at scrape time (nothing while metrics are off).
 
     order: an object with `rpc_status()`; catalog: one with an `invalidations`
-    count; frontend: one with `.cache` (a LookupCache) and `.orders` (an OrderRouter).
+    count; frontend: one with `.cache` (a LookupCache), `.orders` (an
+    OrderRouter) and `.meter` (an HttpMeter or None).
     """
-    enable(service)
-    _COLLECTORS[service].watch(source)
+    if _defs is None:
+        return
+    _defs.enable(service)
+    _defs.collectors[service].watch(source)
 
 
 # ---- exposition ---------------------------------------------------------------
-def exposition() -> bytes:
-    """This process's metrics in the Prometheus text format."""
-    return generate_latest(REGISTRY)
+def exposition() -> tuple[bytes, str]:
+    """This process's metrics in the Prometheus text format, and its content type."""
+    activate()
+    assert _defs is not None
+    module = _defs.exposition_module
+    return module.generate_latest(_defs.registry), module.CONTENT_TYPE_LATEST
 
 
 class MetricsServer:
     """`/metrics` on its own port (BAZAAR_METRICS_PORT), for services without HTTP."""
 
     def __init__(self, host: str, port: int):
-        self._server, self._thread = start_http_server(port, addr=host)
+        activate()
+        assert _defs is not None
+        self._server, self._thread = _defs.exposition_module.start_http_server(port, addr=host)
         self.port = self._server.server_port
         log.info("metrics on http://%s:%s/metrics", host, self.port)
 
@@ -312,5 +370,5 @@ class MetricsServer:
 
 
 def serve(host: str, port: int) -> MetricsServer | None:
-    """Start the exposition on `host:port`, or nothing when `port` is 0."""
+    """Start the exposition on `host:port` (metrics on), or nothing when `port` is 0."""
     return MetricsServer(host, port) if port else None

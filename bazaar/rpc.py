@@ -182,7 +182,7 @@ class Server:
         self._ctx = context or self._own_ctx
         self._methods: dict[str, _Method] = {}
         # The metrics hook: (method, code, seconds) for every executed request.
-        self.observe: Callable[[str, str, float], None] = metrics.RpcObserver(service)
+        self.observe: Callable[[str, str, float], None] = metrics.rpc_observer(service)
         self._workers = workers
         self._max_pending = max_pending
         self._pending = 0

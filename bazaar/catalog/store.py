@@ -57,8 +57,6 @@ from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
-# One group commit (COMMIT with synchronous=FULL: the fsyncs) per observation.
-_FSYNC_SECONDS = metrics.fsync_timer("catalog")
 
 DB_FILE = db.DB_FILE
 LOCK_FILE = "catalog.lock"
@@ -331,7 +329,7 @@ class Catalog:
             fences = [c.fence for c in batch if c.fence is not None]
             fence = fences[-1] if fences else None
         try:
-            with _FSYNC_SECONDS.time():  # bazaar_catalog_fsync_duration_seconds
+            with metrics.fsync_timer("catalog"):  # one COMMIT (synchronous=FULL: the fsyncs)
                 db.commit_batch(self._writer, trades, stocks, fence)
         except (sqlite3.Error, OSError) as exc:
             self._log_write_failure(exc, len(trades))

@@ -103,6 +103,7 @@ def create_app(
         "owned": owned,
         "parts": parts,
     }
+    metrics.activate()  # the front end always serves /metrics
     metrics.watch("frontend", parts)
     _register_errors(app)
     _register_routes(app, catalog, orders, cache)
@@ -233,7 +234,8 @@ def _register_dashboard(app: Flask, parts: FrontendParts) -> None:
 
     @app.get("/metrics")
     def metrics_exposition():
-        return Response(metrics.exposition(), mimetype=None, content_type=metrics.CONTENT_TYPE)
+        body, content_type = metrics.exposition()
+        return Response(body, mimetype=None, content_type=content_type)
 
     @app.get("/")
     def dashboard():

@@ -36,7 +36,6 @@ from bazaar.order.log import ORDER_TYPES, OrderLog, Record
 from bazaar.order.log import ReplicaState as StateFile
 
 log = logging.getLogger(__name__)
-_FSYNC_SECONDS = metrics.fsync_timer("order")
 
 TICK = 0.02  # replication timer resolution
 RECONCILE_EVERY = 1.0
@@ -253,7 +252,7 @@ class OrderReplica:
                     if not ops:
                         self._flushing = False
                         return
-                with _FSYNC_SECONDS.time():  # bazaar_order_fsync_duration_seconds
+                with metrics.fsync_timer("order"):  # bazaar_order_fsync_duration_seconds
                     self._write(ops)
         except BaseException:
             with self._lock:

@@ -17,6 +17,8 @@ from bazaar.frontend.cache import LookupCache
 from tests.conftest import free_port
 from tests.unit.test_frontend_app import FakeCatalog, FakeOrders
 
+metrics.activate()  # off by default in a process (see bazaar.metrics)
+
 
 def value(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

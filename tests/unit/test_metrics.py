@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from prometheus_client import REGISTRY
 
 from bazaar import metrics
 from bazaar.frontend.monitor import health
 from bazaar.frontend.observe import HttpMeter, RecentSamples, quantile, route_of
+
+metrics.activate()  # off by default in a process (see bazaar.metrics)
 
 
 def value(name: str, **labels) -> float:
@@ -146,3 +151,23 @@ def test_health_states_and_lag():
         health(True, {1: st(3, None), 3: st(3, 9)}, 3, 2, cache)[0]["order"]["replicas"]["1"]["lag"]
         == 10
     )
+
+
+def test_services_without_a_metrics_port_never_load_prometheus_client():
+    """~9 MB of RSS per process (http.server, ssl): only loaded when metrics are on."""
+    code = (
+        "import sys\n"
+        "from bazaar import metrics, rpc\n"
+        "import bazaar.order.service, bazaar.catalog.service\n"
+        "server = rpc.Server('tcp://127.0.0.1:0', service='order')\n"
+        "server.observe('order', 'OK', 0.001)\n"
+        "with metrics.fsync_timer('order'):\n"
+        "    pass\n"
+        "metrics.watch('order', server)\n"
+        "server.stop()\n"
+        "assert 'prometheus_client' not in sys.modules, 'loaded'\n"
+        "metrics.activate()\n"
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
