@@ -9,8 +9,9 @@ machines. The peers are configured by host name only (`tcp://catalog:5555`,
 all interfaces; the test trades from a sixth host. Nothing in the code may
 assume loopback or one machine: if it did, the cluster would not become
 healthy, or the leader kills would lose or duplicate an order (checked with
-test_faults.py's invariants). With the cluster's keys when `bazaar keys
-init` exists, else insecure (printed).
+test_faults.py's invariants). Each service's /metrics must answer on its
+host's address too. With the cluster's keys when `bazaar keys init`
+exists, else insecure (printed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import shutil
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from tests.system.test_faults import Traders, check_invariants, kill_leader_roun
 
 SERVICES = ["catalog", "order1", "order2", "order3", "frontend"]
 ORDER_PORT = 5561  # the same on every replica: each has a host of its own
+METRICS_PORT = 9100
 NETNS_ETC = Path("/etc/netns")
 
 
@@ -67,6 +70,8 @@ class NamedCluster(NetCluster):
         self.catalog_endpoint = f"tcp://catalog:{self.catalog_port}"
         self.pub_endpoint = f"tcp://catalog:{self.pub_port}"
         self.order_endpoints = {rid: f"tcp://order{rid}:{ORDER_PORT}" for rid in (1, 2, 3)}
+        # /metrics on one port everywhere, as in deploy/kubernetes
+        self.metrics_ports = {name: METRICS_PORT for name in SERVICES if name != "frontend"}
 
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
@@ -123,3 +128,26 @@ def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):
         traders.finish()
     rows = check_invariants(cluster, traders)
     assert len(rows) >= 60
+
+    # Each service's /metrics answers on its own host's address; one leader.
+    leaders = {}
+    for name in SERVICES:
+        port = METRICS_PORT if name != "frontend" else cluster.http_port
+        url = f"http://{cluster.net.addr[name]}:{port}/metrics"
+        text = cluster.net.call(scrape, url)
+        if name.startswith("order"):
+            leaders[name] = metric(text, "bazaar_order_is_leader")
+    assert sorted(leaders.values()) == [0.0, 0.0, 1.0], leaders
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exposed")
