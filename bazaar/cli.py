@@ -168,6 +168,41 @@ def export_market(data_dir):
     click.echo(text, nl=False)
 
 
+@export.command("orders")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
+@click.option(
+    "--replica",
+    type=click.IntRange(min=1),
+    help="Replica id (default: BAZAAR_ORDER_ID, else the only orders-<id>.db in the dir).",
+)
+def export_orders(data_dir, replica):
+    """Print a replica's order log as CSV: number,name,type,quantity."""
+    import csv
+
+    from bazaar.order.log import db_path, read_only_rows
+
+    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
+    replica = replica or cfg.order_id
+    if replica is None:
+        found = sorted(cfg.data_dir.glob("orders-*.db"))
+        if len(found) != 1:
+            names = ", ".join(p.name for p in found) or "none"
+            raise click.ClickException(
+                f"export orders: give --replica N (order logs in {cfg.data_dir}: {names})"
+            )
+        replica = int(found[0].stem.removeprefix("orders-"))
+    rows = read_only_rows(db_path(cfg.data_dir, replica), "number, name, type, quantity")
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    try:
+        first = next(rows, None)  # opens the database: a missing one fails before any output
+        writer.writerow(("number", "name", "type", "quantity"))
+        if first is not None:
+            writer.writerow(first)
+            writer.writerows(rows)
+    except BazaarError as err:
+        raise click.ClickException(f"{err.code}: {err.message}") from None
+
+
 def _default_url() -> str:
     try:
         return f"http://127.0.0.1:{configmod.from_env().http_port}"

@@ -9,6 +9,12 @@ requests, replies, durability notices and the time, and performs the actions
 it returns (`Persist`, `Truncate`, `SaveState`, `Send`, `Acknowledge`,
 `Abort`). Tests drive it with a fake network and clock.
 
+Memory: the machine holds positions (last number, `durable`, `commit`, each
+follower's `match`/`next`) and the records in flight (`tail`, appended but
+not yet durable). Older records it reads through a read-only `LogView` (the
+service's SQLite `OrderLog`, a list in the tests), and only at numbers up to
+`durable`, so nothing it holds grows with the history.
+
 Invariants
 - One leader per epoch. Epochs only grow; a replica accepts an epoch once
   (`SaveState` is persisted before anything else happens in it) and refuses
@@ -48,7 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from bazaar.errors import BazaarError
 from bazaar.order.log import Record
@@ -126,14 +132,36 @@ class Follower:
     last_probe: float = float("-inf")
 
 
+class LogView(Protocol):
+    """The read-only view of the durable log that `Replica` reads through.
+
+    The service passes its `OrderLog` (SQLite); tests pass a list in memory.
+    The machine reads it only at numbers it knows durable (<= `durable`), so a
+    write or truncation still under way never shows through it.
+    """
+
+    def last(self) -> tuple[int, int]: ...  # (number, epoch) of the last record; (-1, 0)
+    def get(self, number: int) -> Record | None: ...
+    def epoch_at(self, number: int) -> int | None: ...
+    def records_between(self, first: int, last: int) -> list[Record]: ...  # inclusive
+    def number_of(self, key: str) -> int | None: ...
+    def epoch_runs(self, upto: int | None = None) -> list[list[int]]: ...  # [[epoch, first]]
+
+
 class Replica:
-    """The replication state of one order replica."""
+    """The replication state of one order replica.
+
+    It holds positions (last, durable, commit, each follower's match/next)
+    and only the records in flight (`tail`: appended but not yet durable);
+    everything older is read through `log`, so memory does not grow with
+    the history.
+    """
 
     def __init__(
         self,
         replica_id: int,
         peers: list[int],
-        records: list[Record],
+        log: LogView,
         epoch: int = 0,
         leader: int | None = None,
         *,
@@ -144,9 +172,10 @@ class Replica:
     ):
         self.id = replica_id
         self.peers = [p for p in peers if p != replica_id]
-        self.records: list[Record] = list(records)  # durable ones, then ones being persisted
-        self.keys: dict[str, int] = {r.key: r.number for r in self.records}
-        self.durable = len(self.records) - 1
+        self.log = log
+        self.durable = log.last()[0]  # records 0..durable are read through `log`
+        self.tail: list[Record] = []  # durable+1..last_number: in flight, in memory
+        self.tail_keys: dict[str, int] = {}
         self.epoch = epoch
         self.leader = leader
         self.role = FOLLOWER
@@ -161,19 +190,51 @@ class Replica:
     # ---- views ------------------------------------------------------------
     @property
     def last_number(self) -> int:
-        return len(self.records) - 1
+        return self.durable + len(self.tail)
 
     def epoch_at(self, number: int) -> int | None:
-        return self.records[number].epoch if 0 <= number < len(self.records) else None
+        if number < 0 or number > self.last_number:
+            return None
+        if number > self.durable:
+            return self.tail[number - self.durable - 1].epoch
+        return self.log.epoch_at(number)
 
     def last_epoch(self) -> int:
-        return self.records[-1].epoch if self.records else 0
+        return self.epoch_at(self.last_number) or 0
+
+    def get(self, number: int) -> Record | None:
+        """Record `number` of this log (durable or in flight), or None."""
+        if number < 0 or number > self.last_number:
+            return None
+        if number > self.durable:
+            return self.tail[number - self.durable - 1]
+        return self.log.get(number)
+
+    def records_between(self, first: int, last: int) -> list[Record]:
+        """Records first..last (inclusive, clipped to this log)."""
+        first, last = max(first, 0), min(last, self.last_number)
+        if first > last:
+            return []
+        durable = min(last, self.durable)
+        records = self.log.records_between(first, durable) if first <= durable else []
+        if last > self.durable:
+            records += self.tail[max(first - self.durable - 1, 0) : last - self.durable]
+        return records
+
+    def number_of(self, key: str) -> int | None:
+        """The number of the record with this key, durable or in flight."""
+        number = self.tail_keys.get(key)
+        if number is None:
+            number = self.log.number_of(key)
+            if number is not None and number > self.durable:
+                number = None  # on disk, but being truncated
+        return number
 
     def epoch_runs(self, upto: int | None = None) -> list[list[int]]:
         """[[epoch, first number], ...] of this log: enough to find where two logs diverge."""
-        runs: list[list[int]] = []
-        end = len(self.records) if upto is None else upto + 1
-        for r in self.records[:end]:
+        upto = self.last_number if upto is None else min(upto, self.last_number)
+        runs = self.log.epoch_runs(min(upto, self.durable)) if self.durable >= 0 else []
+        for r in self.tail[: max(0, upto - self.durable)]:
             if not runs or runs[-1][0] != r.epoch:
                 runs.append([r.epoch, r.number])
         return runs
@@ -254,10 +315,8 @@ class Replica:
 
     def _run_start(self, number: int) -> int:
         """First number of the run of equal epochs that holds `number` (conflict hint)."""
-        epoch = self.epoch_at(number)
-        while number > 0 and self.epoch_at(number - 1) == epoch:
-            number -= 1
-        return number
+        runs = self.epoch_runs(number)
+        return runs[-1][1] if runs else 0
 
     # ---- leading ------------------------------------------------------------
     def start_leading(self, now: float) -> list:
@@ -287,7 +346,7 @@ class Replica:
         last = self.last_number
         if last < 0 or self.epoch_at(last) == self.epoch:
             return []
-        record = dataclasses.replace(self.records[last], epoch=self.epoch)
+        record = dataclasses.replace(self.get(last), epoch=self.epoch)
         return [self._cut(last), self._append([record])]
 
     def propose(self, name: str, kind: str, quantity: int, key: str, trade_seq: int | None, now):
@@ -302,8 +361,20 @@ class Replica:
         return record, [self._append([record]), *self._stream(now)]
 
     def on_durable(self, upto: int, now: float) -> list:
-        """Records up to `upto` are on our disk: stream them, maybe acknowledge."""
-        self.durable = max(self.durable, min(upto, self.last_number))
+        """Records up to `upto` are on our disk: stream them, maybe acknowledge.
+
+        The disk may report a write that finished before a later truncation
+        of ours reached it: the records count as durable only when the disk's
+        record at `upto` is ours (same number and epoch: log matching).
+        """
+        upto = min(upto, self.last_number)
+        if upto > self.durable and self.log.epoch_at(upto) == self.epoch_at(upto):
+            done = upto - self.durable
+            for r in self.tail[:done]:
+                if self.tail_keys.get(r.key) == r.number:
+                    del self.tail_keys[r.key]
+            del self.tail[:done]
+            self.durable = upto
         if self.role != LEADER:
             return []
         return self._stream(now) + self._advance_commit()
@@ -324,11 +395,10 @@ class Replica:
         self._cut(lost)
         return actions
 
-    def reset_log(self, records: list[Record]) -> None:
+    def reset_log(self) -> None:
         """After a disk error: what is on disk is the truth (a follower's view only)."""
-        self.records = list(records)
-        self.keys = {r.key: r.number for r in self.records}
-        self.durable = self.last_number
+        self.tail, self.tail_keys = [], {}
+        self.durable = self.log.last()[0]
 
     def adopt(self, truncate_from: int | None, records: list[Record]) -> list:
         """Catch-up: drop our divergent tail, append a peer's records that follow our log."""
@@ -344,18 +414,21 @@ class Replica:
 
     def _append(self, records: list[Record]) -> Persist:
         for r in records:
-            if r.number != len(self.records):
+            if r.number != self.last_number + 1:
                 raise BazaarError("INVALID_ARGUMENT", f"record {r.number} is not consecutive")
-            self.records.append(r)
-            self.keys[r.key] = r.number
+            self.tail.append(r)
+            self.tail_keys[r.key] = r.number
         return Persist(tuple(records))
 
     def _cut(self, number: int) -> Truncate:
-        for r in self.records[number:]:
-            if self.keys.get(r.key) == r.number:
-                del self.keys[r.key]
-        del self.records[number:]
-        self.durable = min(self.durable, number - 1)
+        if number <= self.durable:  # durable records go: the disk drops them later
+            self.tail, self.tail_keys = [], {}
+            self.durable = number - 1
+        else:
+            for r in self.tail[number - self.durable - 1 :]:
+                if self.tail_keys.get(r.key) == r.number:
+                    del self.tail_keys[r.key]
+            del self.tail[number - self.durable - 1 :]
         for f in self.followers.values():
             f.next = min(f.next, number)
         return Truncate(number)
@@ -450,7 +523,7 @@ class Replica:
 
     def _send_batch(self, peer: int, f: Follower, now: float) -> list:
         end = min(f.next + self.batch, self.last_number + 1)
-        records = tuple(self.records[f.next : end])
+        records = tuple(self.records_between(f.next, end - 1))
         f.inflight.append((f.next - 1, end - 1, now))
         message = self._message(f.next - 1, records)
         f.next = end

@@ -33,7 +33,6 @@ from bazaar.config import Config
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.order import replication as rep
 from bazaar.order.log import ORDER_TYPES, OrderLog, Record
-from bazaar.order.log import ReplicaState as StateFile
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,8 @@ READY_WAIT = 2.0  # how long an order waits for a recovering leader
 ACK_WAIT = 10.0  # how long an order waits for its commit
 CATALOG_TIMEOUT = 2.0
 PEER_TIMEOUT = 1.5  # a live peer answers in ms; a dead one is skipped by `_listening`
-CATCH_UP_LIMIT = 4000  # records per catch_up reply (stays under wire.MAX_MESSAGE_BYTES)
+CATCH_UP_LIMIT = 4000  # records per catch_up reply
+CATCH_UP_BYTES = 768 << 10  # and about this much: under wire.MAX_MESSAGE_BYTES (1 MiB)
 MAX_KEY_LEN = 256
 DISK_COOLDOWN = 5.0  # a replica whose disk failed this recently refuses to lead
 REPLY_MARGIN = 0.15  # an `order` answers this long before its caller's deadline
@@ -129,8 +129,6 @@ class OrderReplica:
         self._disk_error_at = float("-inf")
         self._trade_watermark = 0  # see _compute_watermark
         self._watermark_epoch: int | None = None
-        self._scanned = 0
-        self._seqs: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.catalog = rpc.Client(config.catalog, timeout=CATALOG_TIMEOUT, context=self._ctx)
         self.peer_clients = {
@@ -141,12 +139,11 @@ class OrderReplica:
     # ---- lifecycle ------------------------------------------------------------
     def start(self) -> OrderReplica:
         self.log = OrderLog(self.data_dir, self.id).load()
-        self.state_file = StateFile(self.data_dir, self.id)
-        epoch, leader = self.state_file.load()
+        epoch, leader = self.log.load_state()
         self.machine = rep.Replica(
             self.id,
             list(self.endpoints),
-            self.log.records,
+            self.log,
             epoch,
             leader,
             follower_timeout=self._follower_timeout,
@@ -170,7 +167,7 @@ class OrderReplica:
             "order %s serving on %s: %d records, epoch %s, leader %s",
             self.id,
             self.endpoint,
-            len(self.log.records),
+            self.log.last_number + 1,
             epoch,
             leader,
         )
@@ -225,7 +222,7 @@ class OrderReplica:
     def _accept_epoch(self, epoch: int, leader: int) -> None:
         """Persist a new (epoch, leader) before the machine acts on it (under the lock)."""
         if self.machine.epoch_change(epoch, leader):
-            self.state_file.save(epoch, leader)
+            self.log.save_state(epoch, leader)
 
     def _wake(self) -> None:
         # BlockingIOError: already awake; OSError/AttributeError: shutting down.
@@ -265,16 +262,16 @@ class OrderReplica:
             self._flush()
 
     def _write(self, ops: list) -> None:
+        steps: list = []  # one transaction: a re-stamp's cut and append land together
+        for op in ops:
+            if isinstance(op, rep.Truncate):
+                steps.append(op.from_number)
+            elif steps and isinstance(steps[-1], list):
+                steps[-1].extend(op.records)
+            else:
+                steps.append(list(op.records))
         try:
-            batch: list[Record] = []
-            for op in ops:
-                if isinstance(op, rep.Persist):
-                    batch.extend(op.records)
-                    continue
-                self.log.append_durable(batch)
-                batch = []
-                self.log.truncate_from(op.from_number)
-            self.log.append_durable(batch)
+            self.log.write(steps)
         except BazaarError as err:
             self._on_disk_error(err)
             return
@@ -290,7 +287,7 @@ class OrderReplica:
             self._disk_error_at = time.monotonic()
             self._disk_errors += 1
             self._perform(self.machine.on_disk_error(err))
-            self.machine.reset_log(self.log.records)
+            self.machine.reset_log()
 
     # ---- replication I/O ------------------------------------------------------------
     def _replication_loop(self) -> None:
@@ -436,6 +433,10 @@ class OrderReplica:
         and a majority of them (ourselves counted) must have promised: only
         then do we hold every record such a majority holds, hence every
         acknowledged one; else UNAVAILABLE, and recovery tries again.
+
+        The records come in pages (`catch_up` answers about 1 MiB at most);
+        each page is made durable before the next is asked for, so a replica
+        that missed a million orders never holds them all in memory.
         """
         answers = self._ask_peers(self.machine.durable, epoch)
         if epoch is not None:
@@ -447,24 +448,26 @@ class OrderReplica:
         if best is None:
             return
         if truncate is None:
-            records, more = list(best.records), best.more
-            after = records[-1].number if records else self.machine.durable
+            page, more = list(best.records), best.more
         else:  # we diverged below what we asked for: fetch from the fork
-            records, more, after = [], True, truncate - 1
-        while more:
+            page, more = [], True
+        pages, target = 0, None
+        while True:
+            before = target
+            with self._lock:
+                self._perform(self.machine.adopt(truncate, page))
+                target, generation = self.machine.last_number, self._disk_errors
+            self._flush()
+            self._wait_durable(target, 10.0, generation)
+            truncate, pages = None, pages + 1
+            if not more or target == before:  # done, or our log moved under us
+                break
             res = self.peer_clients[best.peer].call(
-                "catch_up", after=after, timeout=PEER_TIMEOUT * 3, idempotent=True
+                "catch_up", after=target, timeout=PEER_TIMEOUT * 3, idempotent=True
             )
-            chunk = parse_records(res["records"])
-            records += chunk
-            more = bool(res.get("more")) and bool(chunk)
-            after = chunk[-1].number if chunk else after
-        with self._lock:
-            self._perform(self.machine.adopt(truncate, records))
-            target, generation = self.machine.last_number, self._disk_errors
-        self._flush()
-        self._wait_durable(target, 10.0, generation)
-        log.info("order %s: caught up from %s to %s", self.id, best.peer, target)
+            page = parse_records(res["records"])
+            more = bool(res.get("more")) and bool(page)
+        log.info("order %s: caught up from %s to %s (%d pages)", self.id, best.peer, target, pages)
 
     def _wait_durable(self, number: int, timeout: float, generation: int) -> None:
         """Wait until `number` is durable; `generation` is `_disk_errors` when it was queued."""
@@ -559,7 +562,7 @@ class OrderReplica:
                     raise rep.not_leader(self.machine.leader, self.machine.epoch)
                 for t in trades:
                     key = t["key"]
-                    if key in self.machine.keys or key in self._trading:
+                    if key in self._trading or self.machine.number_of(key) is not None:
                         continue
                     record, actions = self.machine.propose(
                         t["name"], t["type"], t["quantity"], key, t["seq"], time.monotonic()
@@ -578,26 +581,18 @@ class OrderReplica:
         return committed
 
     def _compute_watermark(self) -> int:
-        """Highest catalog seq S such that trades 1..S all have records in our log.
+        """Highest catalog seq S such that trades 1..S all have durable records in our log.
 
-        Rebuilt from the whole log once per leadership (a follower's log may
-        have been cut), then extended with the records appended since: while
-        we lead, our log only grows.
+        Computed from the log once per leadership (a follower's log may have
+        been cut), then extended from there: while we lead, our log only grows.
+        Records in flight do not count here (their keys are skipped anyway).
         """
         with self._lock:
-            epoch, records = self.machine.epoch, self.machine.records
-            if self._watermark_epoch != epoch:
-                self._watermark_epoch, self._scanned, self._seqs = epoch, 0, set()
-                self._trade_watermark = 0
-            fresh = records[self._scanned :]
-            self._scanned = len(records)
-            self._seqs.update(r.trade_seq for r in fresh if r.trade_seq is not None)
-            w = self._trade_watermark
-            while w + 1 in self._seqs:
-                self._seqs.discard(w + 1)
-                w += 1
-            self._trade_watermark = w
-            return w
+            epoch = self.machine.epoch
+        if self._watermark_epoch != epoch:
+            self._watermark_epoch, self._trade_watermark = epoch, 0
+        self._trade_watermark = self.log.trade_watermark(self._trade_watermark)
+        return self._trade_watermark
 
     def _leader_loop(self) -> None:
         """While leading: reconcile orphaned trades every RECONCILE_EVERY seconds."""
@@ -645,20 +640,11 @@ class OrderReplica:
                     )
                 self._changed.wait(left)
 
-    def _existing(self, key: str) -> Waiter | int | None:
-        """Under the lock: the number (or pending commit) of a key we already hold."""
-        number = self.machine.keys.get(key)
-        if number is None:
-            return None
-        if number <= self.machine.commit:
-            return number
-        return self._waiter(number)
-
     def rpc_order(self, key, name, type, quantity):
         check_order_args(key, name, type, quantity)
         epoch = self._wait_serving()
         with self._lock:
-            if not self.machine.has_majority() and key not in self.machine.keys:
+            if not self.machine.has_majority() and self.machine.number_of(key) is None:
                 # Refused before the catalog trades: nothing could commit it.
                 raise unavailable(
                     f"order leader {self.id}: no majority of replicas answers",
@@ -694,10 +680,10 @@ class OrderReplica:
 
     def _existing(self, key, name, kind, quantity) -> tuple[int, Waiter | None] | None:
         """Under the lock: (number, pending commit or None) of a key we already hold."""
-        number = self.machine.keys.get(key)
+        number = self.machine.number_of(key)
         if number is None:
             return None
-        r = self.machine.records[number]
+        r = self.machine.get(number)
         if (r.name, r.type, r.quantity) != (name, kind, quantity):
             raise BazaarError(
                 "ALREADY_EXISTS", f"key {key!r} was used for order {number}, a different order"
@@ -809,7 +795,15 @@ class OrderReplica:
                 self._wait_durable(target, budget(2.0), generation)
         with self._lock:
             durable = self.machine.durable
-            records = self.machine.records[max(after + 1, 0) : durable + 1][:limit]
+            # Records <= durable are read from the log: a page of at most
+            # `limit` records and about CATCH_UP_BYTES; the caller asks again.
+            records = (
+                self.log.records_after(
+                    max(after, -1), min(limit, durable - after), max_bytes=CATCH_UP_BYTES
+                )
+                if durable > after
+                else []
+            )
             runs = self.machine.epoch_runs(durable)
         return {
             "records": [r.to_wire() for r in records],

@@ -16,7 +16,7 @@ import pytest
 from bazaar import rpc
 from bazaar.config import Config
 from bazaar.errors import BazaarError
-from bazaar.order.log import disk_error
+from bazaar.order.log import db_path, disk_error, read_only_rows
 from bazaar.order.service import OrderReplica
 from tests.conftest import free_port, wait_until
 
@@ -114,12 +114,12 @@ class Trio:
         )
         return res["transaction_number"]
 
-    def log_bytes(self, rid: int) -> bytes:
-        return (self.root / f"order{rid}" / f"orders-{rid}.csv").read_bytes()
+    def log_rows(self, rid: int) -> tuple:
+        return tuple(read_only_rows(db_path(self.root / f"order{rid}", rid)))
 
     def wait_identical(self, rids=(1, 2, 3)):
         def same():
-            data = {self.log_bytes(r) for r in rids}
+            data = {self.log_rows(r) for r in rids}
             return len(data) == 1
 
         wait_until(same, 10, msg="identical logs")
@@ -152,7 +152,8 @@ def test_order_replicates_and_logs_are_identical(trio):
     numbers = [trio.order(3) for _ in range(20)]
     assert numbers == list(range(20))
     trio.wait_identical()
-    assert trio.log_bytes(1).startswith(b"number,name,type,quantity,key,trade_seq,epoch\n")
+    rows = trio.log_rows(1)
+    assert [r[0] for r in rows] == list(range(20)) and rows[0][1:4] == ("GameStart", "buy", 1)
     for rid in (1, 2, 3):
         assert trio.clients[rid].call("get_order", number=5)["number"] == 5
     status = trio.clients[3].call("status")
@@ -246,30 +247,34 @@ def test_deposed_leader_cannot_commit(trio, catalog):
     trio.wait_identical()
 
 
-def test_torn_tail_is_cut_on_restart(trio):
+def test_a_replica_down_for_many_orders_catches_up_in_pages(trio, monkeypatch):
+    from bazaar.order import service
+
+    monkeypatch.setattr(service, "CATCH_UP_LIMIT", 7)  # pages of 7 records
     trio.elect(3)
-    for _ in range(3):
-        trio.order(3)
+    trio.order(3)
     trio.wait_identical()
     trio.stop(1)
-    path = trio.root / "order1" / "orders-1.csv"
-    with path.open("ab") as fh:
-        fh.write(b"3,GameStart,bu")
-    trio.start(1)
-    trio.order(3)
+    for _ in range(40):
+        trio.order(3)
+    trio.start(1)  # catches up before it serves, 7 records per reply
+    assert trio.replicas[1].log.last_number == 40
+    first = wait_until(lambda: trio.clients[1].call("catch_up", after=-1), 5)
+    assert first["more"] is True and len(first["records"]) == 7
     trio.wait_identical()
 
 
 def break_disk(replica: OrderReplica):
     """Make every log write of one replica fail like a full disk; returns the undo."""
-    original = replica.log.append_durable
+    original = replica.log.write
 
-    def full(records):
-        if records:
+    def full(steps):
+        if any(isinstance(step, list) and step for step in steps):
             raise disk_error("append", OSError(28, "No space left on device"))
+        return original(steps)
 
-    replica.log.append_durable = full
-    return lambda: setattr(replica.log, "append_durable", original)
+    replica.log.write = full
+    return lambda: setattr(replica.log, "write", original)
 
 
 def test_follower_disk_failure_does_not_stop_orders(trio):
@@ -312,14 +317,15 @@ def test_concurrent_orders_share_fsyncs_and_stay_gapless(trio):
     trio.elect(3)
     leader = trio.replicas[3]
     writes = []
-    original = leader.log.append_durable
+    original = leader.log.write
 
-    def counting(records):
-        if records:
-            writes.append(len(records))
-        return original(records)
+    def counting(steps):
+        appended = sum(len(step) for step in steps if isinstance(step, list))
+        if appended:
+            writes.append(appended)
+        return original(steps)
 
-    leader.log.append_durable = counting
+    leader.log.write = counting
     numbers, errors = [], []
 
     def session():

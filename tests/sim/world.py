@@ -110,9 +110,7 @@ class World(Sim):
                 raise Violation(f"order {n} acknowledged as {known}, now acknowledged as {record}")
 
     def _record(self, rid: int, n: int):
-        m = self.machines[rid]
-        get = getattr(m, "get", None)
-        return get(n) if get is not None else m.records[n]
+        return self.machines[rid].get(n)
 
     # ---- the cluster around the machines ------------------------------------------
     def elect(self, fe: int) -> None:
@@ -198,10 +196,7 @@ class World(Sim):
         self.pending[rid] = []
         m = self.machines[rid]
         self.perform(rid, m.on_disk_error(BazaarError("UNAVAILABLE", "disk full")))
-        try:
-            m.reset_log(self.disk[rid])
-        except TypeError:
-            m.reset_log()
+        m.reset_log()
 
     # ---- one random step --------------------------------------------------------------
     def step(self) -> None:

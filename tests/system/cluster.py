@@ -58,7 +58,7 @@ class Cluster:
         return path
 
     def order_log(self, rid: int) -> Path:
-        return self.data_dir(f"order{rid}") / f"orders-{rid}.csv"
+        return self.data_dir(f"order{rid}") / f"orders-{rid}.db"
 
     def catalog_csv(self) -> Path:
         return self.data_dir("catalog") / "catalog.csv"
@@ -178,14 +178,14 @@ class Cluster:
         return wait_until(ok, timeout, interval=0.1, msg="cluster healthy")
 
     def read_log(self, rid: int) -> list[list[str]]:
-        import csv
+        """Replica `rid`'s records as text rows (number, name, type, quantity, key,
+        trade_seq, epoch), read through a read-only connection as `bazaar export` does."""
+        from bazaar.order.log import read_only_rows
 
         path = self.order_log(rid)
         if not path.exists():
             return []
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-        return [row for row in rows if row and row[0] != "number"]
+        return [["" if v is None else str(v) for v in row] for row in read_only_rows(path)]
 
     def __enter__(self) -> Cluster:
         return self

@@ -136,10 +136,10 @@ def check_invariants(cluster: Cluster, traders: Traders) -> list[list[str]]:
     cluster.wait_healthy(60)
 
     def identical():
-        logs = [cluster.order_log(r).read_bytes() for r in (1, 2, 3)]
+        logs = [tuple(map(tuple, cluster.read_log(r))) for r in (1, 2, 3)]
         return logs[0] if len(set(logs)) == 1 else None
 
-    wait_until(identical, 60, 0.2, "byte-identical order logs")
+    wait_until(identical, 60, 0.2, "identical order logs")
     rows = cluster.read_log(1)
     assert [int(r[0]) for r in rows] == list(range(len(rows))), "numbers are not 0..N-1"
     keys = Counter(r[4] for r in rows)

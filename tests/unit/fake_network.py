@@ -16,14 +16,46 @@ from bazaar.order import replication as rep
 from bazaar.order.log import Record
 
 
+class MemoryLog:
+    """The machine's read-only log view (`rep.LogView`) over a list: a replica's disk."""
+
+    def __init__(self, records: list[Record] | None = None):
+        self.records = [] if records is None else records
+
+    def last(self) -> tuple[int, int]:
+        return (len(self.records) - 1, self.records[-1].epoch) if self.records else (-1, 0)
+
+    def get(self, number: int) -> Record | None:
+        return self.records[number] if 0 <= number < len(self.records) else None
+
+    def epoch_at(self, number: int) -> int | None:
+        record = self.get(number)
+        return record.epoch if record else None
+
+    def records_between(self, first: int, last: int) -> list[Record]:
+        return self.records[max(first, 0) : last + 1]
+
+    def number_of(self, key: str) -> int | None:
+        return next((r.number for r in self.records if r.key == key), None)
+
+    def epoch_runs(self, upto: int | None = None) -> list[list[int]]:
+        runs: list[list[int]] = []
+        for r in self.records[: None if upto is None else upto + 1]:
+            if not runs or runs[-1][0] != r.epoch:
+                runs.append([r.epoch, r.number])
+        return runs
+
+
 class Sim:
     def __init__(self, ids=(1, 2, 3), seed=0, drop=0.0, dup=0.0, reorder=0.0, **machine_kw):
         self.rng = random.Random(seed)
         self.drop, self.dup, self.reorder = drop, dup, reorder
         self.now = 0.0
         self.ids = list(ids)
-        self.machines = {i: rep.Replica(i, self.ids, [], **machine_kw) for i in ids}
         self.disk: dict[int, list[Record]] = {i: [] for i in ids}
+        self.machines = {
+            i: rep.Replica(i, self.ids, MemoryLog(self.disk[i]), **machine_kw) for i in ids
+        }
         self.pending: dict[int, list] = {i: [] for i in ids}
         self.wire: list[tuple] = []  # (src, dst, kind, payload)
         self.sent: list[tuple] = []
@@ -131,17 +163,14 @@ class Sim:
     def restart(self, rid: int, **machine_kw) -> None:
         self.down.discard(rid)
         epoch, leader = self.saved.get(rid, (0, None))
-        self.machines[rid] = rep.Replica(rid, self.ids, self.disk[rid], epoch, leader, **machine_kw)
+        log = MemoryLog(self.disk[rid])
+        self.machines[rid] = rep.Replica(rid, self.ids, log, epoch, leader, **machine_kw)
 
     # ---- failover ---------------------------------------------------------------------
     def peer_log(self, rid: int) -> rep.PeerLog:
         """What `catch_up` of `rid` answers: its durable records and their epoch runs."""
-        disk = self.disk[rid]
-        runs: list[list[int]] = []
-        for r in disk:
-            if not runs or runs[-1][0] != r.epoch:
-                runs.append([r.epoch, r.number])
-        return rep.PeerLog(rid, len(disk) - 1, runs, list(disk))
+        disk = MemoryLog(self.disk[rid])
+        return rep.PeerLog(rid, len(disk.records) - 1, disk.epoch_runs(), list(disk.records))
 
     def fail_over(self, leader: int, epoch: int) -> None:
         """The front end elects `leader`; it recovers from the live peers, then leads."""

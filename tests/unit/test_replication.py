@@ -9,7 +9,7 @@ import pytest
 from bazaar.errors import BazaarError
 from bazaar.order import replication as rep
 from bazaar.order.log import Record
-from tests.unit.fake_network import Sim
+from tests.unit.fake_network import MemoryLog, Sim
 
 
 def content(record: Record) -> tuple:
@@ -23,7 +23,7 @@ def r(n: int, epoch: int = 1, key: str | None = None) -> Record:
 
 # ---- epochs ----------------------------------------------------------------------
 def test_set_leader_accepts_growing_epochs_and_refuses_stale_ones():
-    m = rep.Replica(1, [1, 2, 3], [])
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([]))
     assert m.on_set_leader(3, 1) == [rep.SaveState(1, 3)]
     assert m.on_set_leader(3, 1) == []  # the same election again: nothing changes
     with pytest.raises(BazaarError) as err:
@@ -37,7 +37,7 @@ def test_set_leader_accepts_growing_epochs_and_refuses_stale_ones():
 
 
 def test_replicate_from_a_stale_epoch_is_aborted_and_changes_nothing():
-    m = rep.Replica(1, [1, 2, 3], [r(0)], epoch=3, leader=2)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0)]), epoch=3, leader=2)
     with pytest.raises(BazaarError) as err:
         m.on_replicate(rep.Replicate(2, 3, 0, 1, (r(1, 2),)))
     assert err.value.code == "ABORTED" and err.value.details == {"epoch": 3}
@@ -45,7 +45,7 @@ def test_replicate_from_a_stale_epoch_is_aborted_and_changes_nothing():
 
 
 def test_a_replica_named_leader_recovers_before_it_leads():
-    m = rep.Replica(3, [1, 2, 3], [])
+    m = rep.Replica(3, [1, 2, 3], MemoryLog([]))
     m.on_set_leader(3, 1)
     assert m.role == rep.RECOVERING
     with pytest.raises(BazaarError) as err:
@@ -57,20 +57,20 @@ def test_a_replica_named_leader_recovers_before_it_leads():
 
 # ---- follower side -----------------------------------------------------------------
 def test_gap_answers_with_own_last_number():
-    m = rep.Replica(1, [1, 2, 3], [r(0)], epoch=1, leader=3)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0)]), epoch=1, leader=3)
     actions, reply = m.on_replicate(rep.Replicate(1, 3, 4, 1, (r(5),)))
     assert actions == [] and reply[:4] == (1, False, 0, -1) and reply.prev == 4
 
 
 def test_a_batch_that_does_not_follow_prev_is_refused_and_changes_nothing():
-    m = rep.Replica(1, [1, 2, 3], [r(0)], epoch=1, leader=3)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0)]), epoch=1, leader=3)
     with pytest.raises(BazaarError) as err:
         m.on_replicate(rep.Replicate(2, 3, 0, 1, (r(2), r(3))))
     assert err.value.code == "INVALID_ARGUMENT" and (m.epoch, m.last_number) == (1, 0)
 
 
 def test_duplicates_are_ignored():
-    m = rep.Replica(1, [1, 2, 3], [r(0), r(1)], epoch=1, leader=3)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1)]), epoch=1, leader=3)
     actions, reply = m.on_replicate(rep.Replicate(1, 3, -1, None, (r(0), r(1), r(2))))
     assert actions == [rep.Persist((r(2),))]
     assert reply[:4] == (1, True, 2, 2)
@@ -79,15 +79,15 @@ def test_duplicates_are_ignored():
 
 
 def test_conflicting_tail_of_an_old_leader_is_truncated():
-    m = rep.Replica(1, [1, 2, 3], [r(0), r(1, 1), r(2, 1)], epoch=1, leader=3)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1, 1), r(2, 1)]), epoch=1, leader=3)
     actions, reply = m.on_replicate(rep.Replicate(2, 2, 0, 1, (r(1, 2),)))
     assert actions[0] == rep.SaveState(2, 2)
     assert rep.Truncate(1) in actions and actions[-1] == rep.Persist((r(1, 2),))
-    assert m.records == [r(0), r(1, 2)] and reply.ok
+    assert m.records_between(0, m.last_number) == [r(0), r(1, 2)] and reply.ok
 
 
 def test_prev_epoch_mismatch_points_before_the_conflicting_run():
-    m = rep.Replica(1, [1, 2, 3], [r(0), r(1, 1), r(2, 1)], epoch=2, leader=2)
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1, 1), r(2, 1)]), epoch=2, leader=2)
     _, reply = m.on_replicate(rep.Replicate(2, 2, 2, 2, (r(3, 2),)))
     assert reply[:4] == (2, False, -1, -1) and reply.conflict_epoch == 1
 
@@ -283,12 +283,12 @@ def test_failover_new_leader_adopts_then_old_leader_is_repaired():
 
 
 def _peer_log(m: rep.Replica) -> rep.PeerLog:
-    return rep.PeerLog(m.id, m.last_number, m.epoch_runs(), list(m.records))
+    return rep.PeerLog(m.id, m.last_number, m.epoch_runs(), m.records_between(0, m.last_number))
 
 
 # ---- catch-up planning ------------------------------------------------------------------
 def test_plan_prefers_the_later_epoch_then_the_longer_log():
-    me = rep.Replica(3, [1, 2, 3], [r(0), r(1), r(2)])  # old leader's tail
+    me = rep.Replica(3, [1, 2, 3], MemoryLog([r(0), r(1), r(2)]))  # old leader's tail
     peer = rep.PeerLog(2, 1, [[1, 0], [2, 1]], [r(1, 2)])  # newer epoch from number 1
     truncate, best = rep.plan_catch_up(me, [peer])
     assert best is peer and truncate == 1
@@ -308,10 +308,10 @@ def test_common_prefix():
 
 
 def test_adopt_truncates_then_appends():
-    m = rep.Replica(1, [1, 2, 3], [r(0), r(1), r(2)])
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1), r(2)]))
     actions = m.adopt(1, [r(1, 2), r(2, 2)])
     assert actions == [rep.Truncate(1), rep.Persist((r(1, 2), r(2, 2)))]
-    assert m.keys == {"k0-1": 0, "k1-2": 1, "k2-2": 2}
+    assert [m.number_of(k) for k in ("k0-1", "k1-1", "k1-2", "k2-2")] == [0, None, 1, 2]
 
 
 @pytest.mark.parametrize("seed", range(20))
