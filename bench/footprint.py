@@ -17,21 +17,38 @@ client's memory is not counted), and measures again:
                               (BAZAAR_FOOTPRINT_OUT=FILE make container-test)
         [--imports]           RSS of a bare interpreter after importing each
                               role's module: where the baseline memory goes
+
+    .venv/bin/python bench/footprint.py --history [--sizes 10000,100000,1000000]
+
+History mode (issue 9: memory must not grow with the history): one order
+replica process, fed as a follower through its own `replicate` method
+(batches of 4,000 records: the service's machine, group commit and SQLite
+transaction, as in production) up to each size; after each size it answers
+2,000 random `get_order`s and a few `catch_up` pages across the whole log,
+then its RSS is read. At the largest size it is restarted to time the
+start-up, and `get_order` over RPC is timed (p50/p99).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The repo root instead of bench/ (whose http.py would shadow the stdlib's).
 sys.path[0] = str(ROOT)
 
+from bazaar import rpc  # noqa: E402
+from bazaar.order.log import Record  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 from tests.system.cluster import Cluster  # noqa: E402
 
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
@@ -109,6 +126,109 @@ def containers_table(path: str) -> str:
     return "\n".join(lines)
 
 
+# ---- history mode -----------------------------------------------------------------------
+HISTORY_BATCH = 4000
+NAMES = ("GameStart", "FishCo", "BoarCo", "MenhirCo", "BoarCo", "FishCo")
+
+
+def fake_record(n: int) -> Record:
+    kind = "buy" if n % 2 else "sell"
+    return Record(n, NAMES[n % len(NAMES)], kind, 1 + n % 9, uuid.uuid4().hex, n + 1, 1)
+
+
+def feed(client: rpc.Client, start: int, end: int) -> None:
+    """Records start..end-1 into a follower through `replicate`, as a leader of epoch 1 would."""
+    n = start
+    while n < end:
+        batch = [fake_record(i).to_wire() for i in range(n, min(n + HISTORY_BATCH, end))]
+        res = client.call(
+            "replicate",
+            epoch=1,
+            leader=2,
+            records=batch,
+            prev_number=n - 1,
+            prev_epoch=1 if n else None,
+            timeout=30,
+        )
+        if not res["ok"] or res["matched"] != n + len(batch) - 1:
+            raise RuntimeError(f"replicate refused at {n}: {res}")
+        n += len(batch)
+
+
+def exercise(client: rpc.Client, size: int, rng: random.Random) -> list[float]:
+    """Reads across the whole history; returns get_order latencies (ms)."""
+    times = []
+    for _ in range(2000):
+        n = rng.randrange(size)
+        t0 = time.perf_counter()
+        res = client.call("get_order", number=n)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert res["number"] == n
+    for _ in range(3):
+        res = client.call("catch_up", after=rng.randrange(-1, size - 1), timeout=30)
+        assert res["records"] and res["last_number"] == size - 1
+    return times
+
+
+def start_replica(c: Cluster) -> tuple[rpc.Client, float, float | None]:
+    """Start order1; (client, seconds until it answers, its own start-up ms from its log)."""
+    t0 = time.monotonic()
+    c.start("order1")
+    client = rpc.Client(c.order_endpoints[1], timeout=5)
+    wait_until(lambda: client.call("status", timeout=0.5), 60, 0.01, "order1 serving")
+    wall = time.monotonic() - t0
+    text = (c.root / "order1.log").read_text()
+    found = re.findall(r"serving on .* in (\d+) ms", text)
+    return client, wall, float(found[-1]) if found else None
+
+
+def history(sizes: list[int]) -> int:
+    rng = random.Random(9)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bazaar-history-") as tmp, Cluster(Path(tmp)) as c:
+        client, _, _ = start_replica(c)
+        pid = c.procs["order1"].pid
+        idle = proc_kb(pid)["VmRSS"]
+        done = 0
+        for size in sizes:
+            t0 = time.monotonic()
+            feed(client, done, size)
+            rate = (size - done) / (time.monotonic() - t0)
+            done = size
+            exercise(client, size, rng)
+            kb = proc_kb(pid)
+            db = sum(p.stat().st_size for p in (c.root / "order1").glob("orders-1.db*"))
+            rows.append((size, kb["VmRSS"], kb["VmHWM"], db, rate))
+        client.close()
+        c.stop_all()
+        client, wall, own = start_replica(c)
+        times = sorted(exercise(client, done, rng))
+        restarted = proc_kb(c.procs["order1"].pid)["VmRSS"]
+        client.close()
+    print(f"Order replica history, Python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
+    print("| orders | RSS MB | peak RSS MB | orders-1.db* MB | fed at orders/s |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| 0 (idle) | {mb(idle).strip()} | | | |")
+    for size, rss, peak, db, rate in rows:
+        print(
+            f"| {size:,} | {mb(rss).strip()} | {mb(peak).strip()} | "
+            f"{db / 2**20:.1f} | {rate:,.0f} |"
+        )
+    growth = (rows[-1][1] - rows[0][1]) / 1024
+    print(
+        f"\nRSS growth {rows[0][0]:,} -> {rows[-1][0]:,} orders: {growth:+.1f} MB (goal: within 5)"
+    )
+    own_text = f"{own:.0f} ms in the service" if own is not None else "n/a"
+    print(
+        f"start-up at {done:,} orders: {wall * 1000:.0f} ms until it answers RPC "
+        f"(interpreter and imports included; {own_text}); RSS after restart "
+        f"and the reads: {mb(restarted).strip()} MB"
+    )
+    p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+    print(f"get_order over RPC at {done:,} orders: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
@@ -116,7 +236,11 @@ def main() -> int:
     parser.add_argument("-p", type=float, default=0.5, dest="prob")
     parser.add_argument("--containers", help="footprint file from container-test")
     parser.add_argument("--imports", action="store_true", help="also measure import costs")
+    parser.add_argument("--history", action="store_true", help="memory against history length")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="for --history")
     args = parser.parse_args()
+    if args.history:
+        return history([int(float(x)) for x in args.sizes.split(",")])
 
     with tempfile.TemporaryDirectory(prefix="bazaar-footprint-") as tmp, Cluster(Path(tmp)) as c:
         c.start_all(timeout=30)

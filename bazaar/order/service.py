@@ -138,6 +138,7 @@ class OrderReplica:
 
     # ---- lifecycle ------------------------------------------------------------
     def start(self) -> OrderReplica:
+        started = time.monotonic()
         self.log = OrderLog(self.data_dir, self.id).load()
         epoch, leader = self.log.load_state()
         self.machine = rep.Replica(
@@ -164,9 +165,10 @@ class OrderReplica:
         self._spawn(self._leader_loop, "leader")
         self.server.start()
         log.info(
-            "order %s serving on %s: %d records, epoch %s, leader %s",
+            "order %s serving on %s in %.0f ms: %d records, epoch %s, leader %s",
             self.id,
             self.endpoint,
+            (time.monotonic() - started) * 1000,
             self.log.last_number + 1,
             epoch,
             leader,
