@@ -39,7 +39,7 @@ def run(seed: int, front_ends: int) -> World:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seed(seed):
     world = run(seed, front_ends=1 + seed % 2)
-    assert world.keys == 0 or world.acked_keys, "nothing was ever acknowledged"
+    assert not world.trades or world.acked_keys, "trades were made but nothing was acknowledged"
 
 
 def test_a_quiet_run_commits_everything():

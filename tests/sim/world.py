@@ -12,15 +12,23 @@ them, driven by one `random.Random(seed)` so a seed replays exactly:
 - a new leader's recovery as the service does it: promises from the peers
   it reaches (each flushes its in-flight records first), a majority of
   promises or no leading, the most up-to-date log adopted (`plan_catch_up`);
-- clients proposing orders to whichever replica they believe leads;
+- a catalog as the service uses it: a trade per key at most once (a retry
+  gets the first result), a fence of (epoch, leader) that refuses older
+  leaders and any other leader of its epoch; a leader trades before it
+  proposes, a new leader fences and then reconciles every trade whose key
+  its log lacks (an orphan: traded, never committed) under a new number;
+- clients placing orders at whichever replica they believe leads, and
+  retrying an unanswered order with the same key;
 - faults: crashes (unflushed writes lost), restarts, pauses, partitions
   (per link, both directions), disk errors (a flush fails), and the wire's
   losses, duplicates and reorderings.
 
 After every step `check()` asserts: an acknowledged number never names
-another order; every acknowledged order is durable on a majority; at most
-one leader acknowledges in an epoch. `settle()` heals everything and checks
-that the logs converge, identical and complete.
+another order, and no key is acknowledged under two numbers; every
+acknowledged order is durable on a majority; at most one leader
+acknowledges in an epoch. `settle()` heals everything and checks that the
+logs converge, identical and complete, and that the log holds every catalog
+trade exactly once (conservation: orders and trades match one to one).
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ class World(Sim):
         self.acked_keys: dict[int, str] = {}  # number -> key of the acknowledged order
         self.ack_leader: dict[int, int] = {}  # epoch -> the replica that acknowledged in it
         self.keys = 0
+        self.open_keys: list[str] = []  # placed, not acknowledged yet: clients retry them
+        self.trades: dict[str, int] = {}  # the catalog: key -> seq
+        self.fence = (0, None)  # the catalog's (epoch, leader)
         self.trace: list[str] = []
 
     # ---- the network ------------------------------------------------------------
@@ -108,13 +119,21 @@ class World(Sim):
             known = self.acked_keys.setdefault(n, record.key)
             if known != record.key:
                 raise Violation(f"order {n} acknowledged as {known}, now acknowledged as {record}")
+            if record.key in self.open_keys:
+                self.open_keys.remove(record.key)
+        if len(set(self.acked_keys.values())) != len(self.acked_keys):
+            raise Violation("a key was acknowledged under two numbers")
 
     def _record(self, rid: int, n: int):
         return self.machines[rid].get(n)
 
     # ---- the cluster around the machines ------------------------------------------
-    def elect(self, fe: int) -> None:
-        """Front end `fe` elects, seeing only the replicas it reaches."""
+    def elect(self, fe: int, spurious: float = 0.1) -> None:
+        """Front end `fe` elects, seeing only the replicas it reaches.
+
+        It keeps a leader that serves the top epoch with a majority, except
+        with probability `spurious` (a call timed out anyway).
+        """
         name = self.fe_names[fe]
         live = [r for r in self.ids if self.reachable(name, r)]
         if len(live) < len(self.ids) // 2 + 1:
@@ -130,7 +149,7 @@ class World(Sim):
             and self.machines[r].epoch == top
             and self.machines[r].has_majority()
         ]
-        if serving and self.rng.random() < 0.9:
+        if serving and self.rng.random() >= spurious:
             return  # it keeps a serving leader (now and then a call times out anyway)
         epoch = top + 1
 
@@ -175,6 +194,32 @@ class World(Sim):
         if m.durable < m.last_number:
             return  # its disk failed meanwhile
         self.perform(leader, m.start_leading(self.now))
+        if self.catalog_admits(leader, epoch):  # fence, then reconcile orphaned trades
+            for key in sorted(self.trades, key=self.trades.get):
+                if self.number_of(leader, key) is None:
+                    self.trace.append(f"{leader} reconciles {key}")
+                    self._propose(leader, key, self.trades[key])
+
+    # ---- the catalog ------------------------------------------------------------------
+    def catalog_admits(self, leader: int, epoch: int) -> bool:
+        """`fence`/`trade` at (epoch, leader): raises the fence, or fences the leader off."""
+        if not self.reachable(leader, "catalog"):
+            return False
+        fenced_epoch, fenced_leader = self.fence
+        if epoch < fenced_epoch or (epoch == fenced_epoch and leader != fenced_leader):
+            self.perform(leader, self.machines[leader].fenced(fenced_epoch))
+            return False
+        self.fence = (epoch, leader)
+        return True
+
+    def number_of(self, rid: int, key: str) -> int | None:
+        m = self.machines[rid]
+        lookup = getattr(m, "number_of", None)
+        return lookup(key) if lookup is not None else m.keys.get(key)
+
+    def _propose(self, leader: int, key: str, seq: int) -> None:
+        record, actions = self.machines[leader].propose("GameStart", "buy", 1, key, seq, self.now)
+        self.perform(leader, actions)
 
     def client_order(self) -> None:
         leaders = [
@@ -185,9 +230,22 @@ class World(Sim):
         if not leaders:
             return
         leader = self.rng.choice(leaders)
-        self.keys += 1
-        with contextlib.suppress(BazaarError):  # e.g. its log was just cut
-            self.propose(leader, f"k{self.keys}")
+        m = self.machines[leader]
+        if self.open_keys and self.rng.random() < 0.3:
+            key = self.rng.choice(self.open_keys)  # a client retries with the same key
+        else:
+            self.keys += 1
+            key = f"k{self.keys}"
+            self.open_keys.append(key)
+        if self.number_of(leader, key) is not None:
+            return  # the leader holds it: the retry waits for its commit
+        if not self.catalog_admits(leader, m.epoch):
+            return
+        seq = self.trades.setdefault(key, len(self.trades) + 1)  # at most once per key
+        if self.rng.random() < 0.05:
+            return  # the leader dies (or the call times out) between trade and record
+        with contextlib.suppress(BazaarError):  # e.g. no longer leading
+            self._propose(leader, key, seq)
 
     def disk_error(self, rid: int) -> None:
         """The next flush of `rid` fails: nothing queued reaches the disk."""
@@ -259,24 +317,34 @@ class World(Sim):
         for rid in list(self.down):
             self.restart(rid)
         for _ in range(30):
-            if not any(m.role == rep.LEADER for m in self.machines.values()):
-                self.elect(0)
+            self.elect(0, spurious=0.0)  # its monitor: elect unless a leader serves
             for _ in range(20_000):  # the backlog of a long chaotic run, then quiet
                 for rid in self.ids:
                     self.flush(rid)
                 if not self.deliver_one():
                     break
             self.tick(0.2, step=0.05)
-            self.client_order()  # a record of the newest epoch makes older ones commit
             self.check()
             disks = [self.disk[r] for r in self.ids]
             committed = any(
-                m.role == rep.LEADER and m.commit == len(disks[0]) - 1 >= 0
+                m.role == rep.LEADER and m.commit == len(disks[0]) - 1
                 for m in self.machines.values()
             )
             if committed and all(d == disks[0] for d in disks) and self._all_acked(disks[0]):
-                return
+                keys = [r.key for r in disks[0]]
+                if sorted(keys) == sorted(self.trades):
+                    return
+                if len(set(keys)) != len(keys):
+                    raise Violation("a key was committed twice")
+                for m in self.machines.values():  # the serving leader reconciles each second
+                    if m.role == rep.LEADER:
+                        self.recover_orphans(m.id)
         raise Violation("logs did not converge: " + str({r: len(self.disk[r]) for r in self.ids}))
+
+    def recover_orphans(self, leader: int) -> None:
+        for key in sorted(self.trades, key=self.trades.get):
+            if self.number_of(leader, key) is None:
+                self._propose(leader, key, self.trades[key])
 
     def _all_acked(self, log) -> bool:
         return all(n < len(log) and log[n].key == k for n, k in self.acked_keys.items())
