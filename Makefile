@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python bench/rpc.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/orders.py
+	$(BIN)/python bench/footprint.py --history
 
 chaos: venv  ## long fault-injection runs: 5,000 simulated seeds from a random base, 20+ leader kills
 	BAZAAR_SIM_SEEDS=$${BAZAAR_SIM_SEEDS:-5000} \

@@ -11,7 +11,8 @@ pages from random points. Its RSS is read after that.
 
     .venv/bin/python bench/catalog_history.py [--sizes 10000,100000,1000000]
 
-(`bench/footprint.py --history` runs it too.)
+(`bench/footprint.py --history`, part of `make bench`, runs it after the
+order replica's history.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,10 @@ replica process, fed as a follower through its own `replicate` method
 transaction, as in production) up to each size; after each size it answers
 2,000 random `get_order`s and a few `catch_up` pages across the whole log,
 then its RSS is read. At the largest size it is restarted to time the
-start-up, and `get_order` over RPC is timed (p50/p99).
+start-up, and `get_order` over RPC is timed (p50/p99). Then the same for the
+catalog (`bench/catalog_history.py`: trades appended through the store's
+commit statement with the catalog stopped, then the catalog started (timed)
+and exercised over RPC: retries of old keys, new trades, `trades_since`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ sys.path[0] = str(ROOT)
 
 from bazaar import rpc  # noqa: E402
 from bazaar.order.log import Record  # noqa: E402
+from bench.catalog_history import history as catalog_history  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.system.cluster import Cluster  # noqa: E402
 
@@ -240,7 +244,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="for --history")
     args = parser.parse_args()
     if args.history:
-        return history([int(float(x)) for x in args.sizes.split(",")])
+        sizes = [int(float(x)) for x in args.sizes.split(",")]
+        code = history(sizes)
+        print()
+        print("\n".join(catalog_history(sizes)))
+        return code
 
     with tempfile.TemporaryDirectory(prefix="bazaar-footprint-") as tmp, Cluster(Path(tmp)) as c:
         c.start_all(timeout=30)
