@@ -76,8 +76,9 @@ class NamedCluster(NetCluster):
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
         if self.secure:
-            env.setdefault("BAZAAR_KEYS_DIR", str(self.root / "keys"))
+            env["BAZAAR_KEYS_DIR"] = str(self.root / "keys")  # made by the fixture
         else:
+            env.pop("BAZAAR_KEYS_DIR", None)
             env["BAZAAR_INSECURE"] = "1"
         return env
 
