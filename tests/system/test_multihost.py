@@ -11,7 +11,8 @@ assume loopback or one machine: if it did, the cluster would not become
 healthy, or the leader kills would lose or duplicate an order (checked with
 test_faults.py's invariants). Each service's /metrics must answer on its
 host's address too. With the cluster's keys when `bazaar keys init`
-exists, else insecure (printed).
+exists — each service given only the public keys and its own secret key,
+as a pod of deploy/kubernetes — else insecure (printed).
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def hosts_files(net: Net):
             shutil.rmtree(etc, ignore_errors=True)
 
 
+def own_keys(keys: Path, role: str) -> Path:
+    """What a pod of deploy/kubernetes sees: the public keys and its own secret."""
+    mine = keys.parent / f"keys-{role}"
+    if not mine.exists():
+        mine.mkdir(mode=0o700)
+        for public in keys.glob("*.key"):
+            shutil.copy(public, mine)
+        shutil.copy(keys / f"{role}.key_secret", mine)
+    return mine
+
+
 @dataclass
 class NamedCluster(NetCluster):
     """NetCluster with host names instead of addresses, one port for all replicas."""
@@ -76,7 +88,7 @@ class NamedCluster(NetCluster):
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
         if self.secure:
-            env["BAZAAR_KEYS_DIR"] = str(self.root / "keys")  # made by the fixture
+            env["BAZAAR_KEYS_DIR"] = str(own_keys(self.root / "keys", name))
         else:
             env.pop("BAZAAR_KEYS_DIR", None)
             env["BAZAAR_INSECURE"] = "1"
