@@ -6,11 +6,18 @@ number once the commit returned (its acknowledgement). Each round kills it
 with SIGKILL at a random moment, opens the log again (it must load), and
 checks every acknowledged record is there with its content, numbers gapless,
 then lets the next child carry on from where the log ends.
+
+A replica started on a read-only data dir (root only: a tmpfs remounted
+read-only) stops with one line naming the database. (A data dir cannot be
+remounted read-only under a running replica: its files are open for
+writing; a full disk is the runtime failure, see test_faults.)
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,3 +88,40 @@ def test_sigkill_during_commits_leaves_a_loadable_log_with_every_acknowledged_re
         finally:
             log.close()
     assert acked > 100, "the children committed too little to test anything"
+
+
+# ---- a data dir that turns read-only -------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A data dir on its own 8 MiB tmpfs; yields its path."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs as a data dir")
+    path = tmp_path / "order1"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)]).returncode:
+        pytest.skip("mount is not permitted here")
+    yield path
+    subprocess.run(["umount", "-l", str(path)])
+
+
+def remount(path: Path, mode: str) -> None:
+    if subprocess.run(["mount", "-o", f"remount,{mode}", str(path)]).returncode != 0:
+        pytest.skip(f"remounting {mode} is not permitted here")
+
+
+def test_an_order_replica_on_a_read_only_data_dir_stops_with_one_clear_line(small_disk, tmp_path):
+    OrderLog(small_disk, 1).load().close()
+    remount(small_disk, "ro")
+    env = dict(os.environ, BAZAAR_DATA_DIR=str(small_disk), BAZAAR_LOG_LEVEL="INFO")
+    env["BAZAAR_ORDER_REPLICAS"] = "1=tcp://127.0.0.1:1,2=tcp://127.0.0.1:2,3=tcp://127.0.0.1:3"
+    done = subprocess.run(
+        [sys.executable, "-m", "bazaar.cli", "order", "--id", "1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "UNAVAILABLE" in done.stderr and "orders-1.db" in done.stderr, done.stderr
