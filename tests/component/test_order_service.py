@@ -248,9 +248,9 @@ def test_deposed_leader_cannot_commit(trio, catalog):
 
 
 def test_a_replica_down_for_many_orders_catches_up_in_pages(trio, monkeypatch):
-    from bazaar.order import service
+    from bazaar.order import handlers
 
-    monkeypatch.setattr(service, "CATCH_UP_LIMIT", 7)  # pages of 7 records
+    monkeypatch.setattr(handlers, "CATCH_UP_LIMIT", 7)  # pages of 7 records
     trio.elect(3)
     trio.order(3)
     trio.wait_identical()
