@@ -608,6 +608,49 @@ class Client:
             # else: a stray late reply; ours is still coming
 
 
+class Pipeline:
+    """Pipelined one-way requests to one peer: send without waiting, take replies as they come.
+
+    For a peer that gets a stream of requests (replication): `send` never
+    blocks and never waits for an answer (a request to a peer that is not
+    connected is dropped, and the caller's own timeout notices the
+    silence); `replies()` returns the replies that arrived, decoded, in
+    order; a reply that does not decode is logged and skipped. One thread
+    uses it (zmq sockets are not thread-safe); `socket` is for its poller.
+    """
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        ctx = context or zmq.Context.instance()
+        self.socket = watch_peer(harden(ctx.socket(zmq.DEALER)))
+        self.socket.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def send(self, method: str, args: dict[str, Any], *, deadline_ms: int | None = None) -> bool:
+        """Queue one request; False when the peer is not connected (it was dropped)."""
+        payload = wire.encode_request(next(self._ids), method, args, deadline_ms=deadline_ms)
+        try:
+            self.socket.send_multipart([b"", payload], _NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def replies(self) -> list[wire.Reply]:
+        out: list[wire.Reply] = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                out.append(wire.decode_reply(frames[-1]))
+            except BazaarError as exc:
+                log.warning("bad reply from %s: %s", self.endpoint, exc)
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
 def call(
     endpoint: str,
     method: str,

@@ -1,9 +1,9 @@
 """The replication link of an order replica (a part of `OrderReplica`).
 
 Owns the thread that moves the machine's `Send` actions to the followers
-(one DEALER per peer, `replicate` requests sent without waiting), feeds
-their replies back into the machine, and ticks the machine's clock every
-TICK. Nothing else reads or writes these sockets.
+(one `rpc.Pipeline` per peer: `replicate` requests sent without waiting),
+feeds their replies back into the machine, and ticks the machine's clock
+every TICK. Nothing else uses these pipelines.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import time
 
 import zmq
 
-from bazaar import rpc, wire
-from bazaar.errors import BazaarError
+from bazaar import rpc
 from bazaar.order import replication as rep
 
 log = logging.getLogger("bazaar.order.service")
@@ -32,33 +31,30 @@ class ReplicationLink:
             self._wake_w.send(b"x")
 
     def _replication_loop(self) -> None:
-        sockets = {}
-        for peer in self.peers:
-            sock = rpc.watch_peer(rpc.harden(self._ctx.socket(zmq.DEALER)))
-            sock.connect(self.endpoints[peer])
-            sockets[peer] = sock
+        links = {p: rpc.Pipeline(self.endpoints[p], context=self._ctx) for p in self.peers}
         poller = zmq.Poller()
         by_socket = {}
-        for peer, sock in sockets.items():
-            poller.register(sock, zmq.POLLIN)
-            by_socket[sock] = peer
+        for peer, link in links.items():
+            poller.register(link.socket, zmq.POLLIN)
+            by_socket[link.socket] = peer
         poller.register(self._wake_r, zmq.POLLIN)
         next_tick = time.monotonic()
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(int(TICK * 1000)))
                 for sock in [s for s in events if s in by_socket]:
-                    self._drain_replies(by_socket[sock], sock)
+                    peer = by_socket[sock]
+                    self._take_replies(peer, links[peer].replies())
                 self._drain_wake()
-                self._flush_outbox(sockets)
+                self._flush_outbox(links)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK
                     with self._lock:
                         self._perform(self.machine.tick(time.monotonic()))
-                    self._flush_outbox(sockets)
+                    self._flush_outbox(links)
         finally:
-            for sock in sockets.values():
-                sock.close(0)
+            for link in links.values():
+                link.close()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -69,7 +65,7 @@ class ReplicationLink:
         except (BlockingIOError, OSError):
             pass
 
-    def _flush_outbox(self, sockets) -> None:
+    def _flush_outbox(self, links: dict[int, rpc.Pipeline]) -> None:
         while True:
             with self._lock:
                 if not self._outbox:
@@ -85,19 +81,12 @@ class ReplicationLink:
                     "prev_number": msg.prev_number,
                     "prev_epoch": msg.prev_epoch,
                 }
-                payload = wire.encode_request(0, "replicate", args, deadline_ms=2000)
                 # Not connected: dropped; the machine's timeout notices the silence.
-                with contextlib.suppress(zmq.ZMQError):
-                    sockets[send.to].send_multipart([b"", payload], zmq.NOBLOCK)
+                links[send.to].send("replicate", args, deadline_ms=2000)
 
-    def _drain_replies(self, peer: int, sock) -> None:
-        while True:
+    def _take_replies(self, peer: int, replies: list) -> None:
+        for reply in replies:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = wire.decode_reply(frames[-1])
                 if reply.ok:
                     r = reply.result
                     answer = rep.ReplicateReply(
@@ -110,7 +99,7 @@ class ReplicationLink:
                     )
                 else:
                     answer = reply.error
-            except (BazaarError, KeyError, TypeError) as exc:
+            except (KeyError, TypeError) as exc:
                 log.warning("order %s: bad replicate reply from %s: %s", self.id, peer, exc)
                 continue
             with self._lock:

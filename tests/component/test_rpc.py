@@ -187,3 +187,33 @@ def test_retry_false_makes_a_keyed_call_single_shot(server, client):
         client.call("slow", seconds=10, timeout=0.6, retry=False, key="k")
     assert exc.value.code == "DEADLINE_EXCEEDED"
     assert server.calls["slow"] == 1
+
+
+def test_pipeline_sends_without_waiting_and_collects_replies_in_order(server):
+    from bazaar.rpc import Pipeline
+
+    pipe = Pipeline(server.endpoint)
+    try:
+        wait_until(lambda: pipe.send("echo", {"value": -1}), 5, msg="connected")
+        for i in range(200):  # all queued before a single reply is read
+            assert pipe.send("echo", {"value": i})
+        pipe.send("nope", {})
+        got: list = []
+        wait_until(lambda: got.extend(pipe.replies()) or len(got) >= 202, 10, msg="replies")
+        assert [r.result for r in got[1:201]] == list(range(200))
+        assert not got[201].ok and got[201].error.code == "UNIMPLEMENTED"
+    finally:
+        pipe.close()
+
+
+def test_pipeline_to_a_peer_that_is_not_there_drops_at_once():
+    from bazaar.rpc import Pipeline
+    from tests.conftest import free_port
+
+    pipe = Pipeline(f"tcp://127.0.0.1:{free_port()}")
+    try:
+        started = time.monotonic()
+        assert pipe.send("echo", {"value": 1}) is False
+        assert time.monotonic() - started < 0.1 and pipe.replies() == []
+    finally:
+        pipe.close()
