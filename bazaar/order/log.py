@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 FIELDS = ("number", "name", "type", "quantity", "key", "trade_seq", "epoch")
 ORDER_TYPES = ("buy", "sell")
 CACHE_KIB = 1024  # page cache per connection: bounded, whatever the history
+WATERMARK_SAVE_EVERY = 10_000  # seqs: a restart recomputes at most this much
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -58,6 +59,10 @@ CREATE INDEX IF NOT EXISTS records_trade_seq ON records (trade_seq)
 CREATE TABLE IF NOT EXISTS epoch_runs (
     first_number INTEGER PRIMARY KEY,
     epoch        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trade_watermark (
+    id  INTEGER PRIMARY KEY CHECK (id = 0),
+    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS replica_state (
     id     INTEGER PRIMARY KEY CHECK (id = 0),
@@ -167,6 +172,12 @@ class OrderLog:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._last = (-1, 0)  # (number, epoch) of the last committed record
+        # A lower bound of the trade watermark (every catalog seq <= it has a
+        # record here): raised by `trade_watermark`, lowered by truncations,
+        # saved now and then (`trade_watermark` table) so no start scans.
+        self._wm_lock = threading.Lock()
+        self._wm = self._wm_saved = 0
+        self._wm_cuts = 0  # truncations that lowered it: a computation across one is void
 
     # ---- opening ---------------------------------------------------------
     def load(self) -> OrderLog:
@@ -192,6 +203,8 @@ class OrderLog:
             raise disk_error(f"open {self.path}", exc) from None
         self._last = self._read_last()
         legacy.import_once(self)
+        row = self._query_one("SELECT seq FROM trade_watermark WHERE id = 0")
+        self._wm = self._wm_saved = row[0] if row else 0
         return self
 
     def close(self) -> None:
@@ -275,9 +288,14 @@ class OrderLog:
     def trade_watermark(self, after: int = 0) -> int:
         """Highest S >= after such that catalog trades after+1..S all have a record here.
 
-        Gallops over the trade_seq index with range counts (C speed, no rows
-        fetched), then bisects: a few dozen queries even at 10^6 records.
+        Starts from the cached lower bound (kept valid across truncations,
+        saved every WATERMARK_SAVE_EVERY seqs), then gallops over the
+        trade_seq index with range counts (C speed, no rows fetched) and
+        bisects: a few queries per call, a few dozen from zero at 10^6.
         """
+        with self._wm_lock:
+            cached, cuts = self._wm, self._wm_cuts
+        start = max(after, cached)
 
         def full(lo: int, hi: int) -> bool:  # every seq in lo+1..hi present
             row = self._query_one(
@@ -287,7 +305,7 @@ class OrderLog:
             )
             return row[0] == hi - lo
 
-        w, step = after, 1024
+        w, step = start, 1024
         while full(w, w + step):
             w, step = w + step, min(step * 2, 1 << 20)
         lo, hi = w, w + step
@@ -297,7 +315,32 @@ class OrderLog:
                 lo = mid
             else:
                 hi = mid
+        if after <= cached:  # started from the log's own bound, not the caller's
+            self._raise_watermark(lo, cuts)
         return lo
+
+    def _raise_watermark(self, seq: int, cuts: int) -> None:
+        with self._wm_lock:
+            if cuts != self._wm_cuts or seq <= self._wm:
+                return  # a truncation ran meanwhile: this value may be void
+            self._wm = seq
+            save = seq - self._wm_saved >= WATERMARK_SAVE_EVERY
+        if save:
+
+            def work(db):
+                db.execute(
+                    "INSERT INTO trade_watermark (id, seq) VALUES (0, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq "
+                    "WHERE excluded.seq > trade_watermark.seq",
+                    (seq,),
+                )
+
+            with self._wm_lock:
+                if cuts != self._wm_cuts:
+                    return
+                # Under _wm_lock: no truncation can lower the saved value meanwhile.
+                self._transaction("save the trade watermark", work)
+                self._wm_saved = seq
 
     def __len__(self) -> int:
         return self._last[0] + 1
@@ -328,11 +371,22 @@ class OrderLog:
         crash sees all of them or none (a re-stamped record is never gone)."""
 
         def work(db):
+            nonlocal wm
             last, last_epoch = self._last
             for step in steps:
                 if isinstance(step, int):
                     if step > last:
                         continue
+                    lowest = db.execute(
+                        "SELECT MIN(trade_seq) FROM records WHERE number >= ?", (step,)
+                    ).fetchone()[0]
+                    if lowest is not None and lowest <= wm:  # the watermark loses seqs
+                        wm = lowest - 1
+                        db.execute(
+                            "INSERT INTO trade_watermark (id, seq) VALUES (0, ?) "
+                            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                            (wm,),
+                        )
                     db.execute("DELETE FROM records WHERE number >= ?", (step,))
                     db.execute("DELETE FROM epoch_runs WHERE first_number >= ?", (step,))
                     row = db.execute(
@@ -358,10 +412,17 @@ class OrderLog:
                 )
                 db.executemany("INSERT INTO epoch_runs VALUES (?, ?)", runs)
                 last = step[-1].number
-            return last, last_epoch
+            return last, last_epoch, wm
 
-        if any(isinstance(step, int) or step for step in steps):
-            self._last = self._transaction("append", work)
+        if not any(isinstance(step, int) or step for step in steps):
+            return
+        with self._wm_lock:  # a truncation may lower the watermark: no raise meanwhile
+            wm = self._wm
+            number, epoch, new_wm = self._transaction("append", work)
+            if new_wm < self._wm:
+                self._wm = self._wm_saved = new_wm
+                self._wm_cuts += 1
+        self._last = (number, epoch)
 
     def append_durable(self, records: list[Record]) -> None:
         """Commit a batch of consecutive records (one transaction, one fsync)."""

@@ -12,6 +12,7 @@ machine's (`replication.plan_catch_up`); this module moves the records.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -221,23 +222,26 @@ class Recovery:
     def _compute_watermark(self) -> int:
         """Highest catalog seq S such that trades 1..S all have durable records in our log.
 
-        Computed from the log once per leadership (a follower's log may have
-        been cut), then extended from there: while we lead, our log only grows.
-        Records in flight do not count here (their keys are skipped anyway).
+        The log keeps it (a lower bound that truncations lower and that is
+        saved now and then), so this costs a few indexed counts, whatever the
+        history. Records in flight do not count here (their keys are skipped
+        anyway).
         """
-        with self._lock:
-            epoch = self.machine.epoch
-        if self._watermark_epoch != epoch:
-            self._watermark_epoch, self._trade_watermark = epoch, 0
-        self._trade_watermark = self.log.trade_watermark(self._trade_watermark)
-        return self._trade_watermark
+        return self.log.trade_watermark()
 
     def _leader_loop(self) -> None:
-        """While leading: reconcile orphaned trades every RECONCILE_EVERY seconds."""
+        """While leading: reconcile orphaned trades every RECONCILE_EVERY seconds.
+
+        A follower keeps its log's trade watermark current meanwhile (a few
+        indexed counts per second), so the reconciliation of its first
+        leadership does not count from zero through a long history.
+        """
         while not self._stop.wait(RECONCILE_EVERY):
             with self._lock:
                 epoch, serving = self.machine.epoch, self._serving
             if not serving:
+                with contextlib.suppress(BazaarError):  # a disk error: status shows it
+                    self.log.trade_watermark()
                 continue
             try:
                 self.reconcile(epoch)

@@ -73,8 +73,6 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._disk_error: BazaarError | None = None
         self._disk_errors = 0
         self._disk_error_at = float("-inf")
-        self._trade_watermark = 0  # see _compute_watermark
-        self._watermark_epoch: int | None = None
         self._threads: list[threading.Thread] = []
         self.catalog = rpc.Client(config.catalog, timeout=CATALOG_TIMEOUT, context=self._ctx)
         self.peer_clients = {

@@ -189,3 +189,28 @@ def test_write_cuts_and_appends_in_one_transaction(tmp_path):
     log.write([1, [restamped], [rec(2, epoch=2)]])
     assert all_records(log) == [rec(0), restamped, rec(2, epoch=2)]
     assert log.last() == (2, 2) and log.epoch_runs() == [[1, 0], [2, 1]]
+
+
+def test_the_trade_watermark_is_kept_lowered_by_truncations_and_saved(tmp_path, monkeypatch):
+    from bazaar.order import log as orderlog
+
+    monkeypatch.setattr(orderlog, "WATERMARK_SAVE_EVERY", 100)
+    log = OrderLog(tmp_path, 1).load()
+    log.append_durable([rec(n) for n in range(500)])  # seqs 1..500
+    assert log.trade_watermark() == 500 and log._wm == 500
+    log.truncate_from(300)  # seqs 301..500 gone
+    assert log._wm == 300 and log.trade_watermark() == 300
+    log.append_durable([rec(300, key="x", seq=None), rec(301, key="y", seq=302)])
+    assert log.trade_watermark() == 300  # 301 missing
+    log.close()
+    again = OrderLog(tmp_path, 1).load()
+    assert again._wm == 300  # saved: a start does not count from zero
+    again.append_durable([rec(302, key="z", seq=301)])
+    assert again.trade_watermark() == 302
+
+
+def test_a_caller_bound_never_poisons_the_kept_watermark(tmp_path):
+    log = OrderLog(tmp_path, 1).load()
+    log.append_durable([rec(n) for n in range(10)])  # seqs 1..10
+    assert log.trade_watermark(after=50) == 50  # the caller vouches for 1..50
+    assert log.trade_watermark() == 10
