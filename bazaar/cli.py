@@ -1,4 +1,4 @@
-"""The `bazaar` command: run a role, call any RPC method, run all services, export, load test.
+"""The `bazaar` command: run a role, call any RPC method, run all services, export, back up, load test.
 
 Roles are looked up lazily so `bazaar call` stays fast and light. Each role
 module exposes `run(config, stop)`, which serves until the `stop` event is set;
@@ -201,6 +201,27 @@ def export_orders(data_dir, replica):
             writer.writerows(rows)
     except BazaarError as err:
         raise click.ClickException(f"{err.code}: {err.message}") from None
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
+def backup(directory, data_dir):
+    """Copy every database of the data dir into DIRECTORY while the services run.
+
+    Each file is one consistent state (SQLite's online backup); order logs are
+    copied before the catalog. docs/deploy.md says how to restore.
+    """
+    from bazaar.backup import BackupError
+    from bazaar.backup import backup as run_backup
+
+    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
+    try:
+        copied = run_backup(cfg.data_dir, configmod.Path(directory))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    for item in copied:
+        click.echo(f"{directory}/{item.name}: {item.rows} {item.what}, {item.bytes} bytes")
 
 
 def _default_url() -> str:
