@@ -41,6 +41,21 @@ def _setup_logging(level: str, name: str) -> None:
     )
 
 
+def _cannot_listen(err: Exception) -> bool:
+    """A bind failure of a ZeroMQ socket or of the HTTP server."""
+    import errno
+
+    import zmq
+
+    if isinstance(err, zmq.ZMQError | OSError) and err.errno in (
+        errno.EADDRINUSE,
+        errno.EADDRNOTAVAIL,
+        errno.EACCES,
+    ):
+        return True
+    return isinstance(err, OSError) and str(err).startswith("cannot listen on")
+
+
 def serve_role(role: str, cfg: configmod.Config) -> None:
     """Run one role in this process until SIGTERM or SIGINT."""
     stop = threading.Event()
@@ -61,6 +76,12 @@ def serve_role(role: str, cfg: configmod.Config) -> None:
         module.run(cfg, stop)
     except BazaarError as err:
         raise click.ClickException(f"{err.code}: {err.message}") from None
+    except Exception as err:
+        if not _cannot_listen(err):
+            raise
+        # A port in use or an address not on this host: one line, not a traceback.
+        text = str(err) if str(err).startswith("cannot listen") else f"cannot listen: {err}"
+        raise click.ClickException(f"{role}: {text}") from None
     except configmod.ConfigError as err:
         raise click.ClickException(str(err)) from None
     finally:

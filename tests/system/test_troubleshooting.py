@@ -1,0 +1,106 @@
+"""docs/troubleshooting.md quotes the lines services really print when they cannot start.
+
+Each case starts a real `bazaar` process into the situation (a port taken, a
+data dir in use, a damaged catalog.db, a bad variable) and checks: exit
+status 1, no traceback, one `Error:` line, and that line on the page (ports,
+hosts and directories written there as `<port>`, `<host>`, `<dir>`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start(args, tmp_path, **env) -> str:
+    full = dict(os.environ, BAZAAR_DATA_DIR=str(tmp_path / "data"), BAZAAR_INSECURE="1")
+    full.update(env)
+    done = subprocess.run(
+        [sys.executable, "-m", "bazaar.cli", *args],
+        env=full,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("Error:")]
+    return line
+
+
+def documented(line: str, **placeholders: str) -> None:
+    text = line
+    for name, value in placeholders.items():
+        text = text.replace(value, f"<{name}>")
+    text = text.replace("`", "")
+    assert text in DOC.replace("`", ""), f"docs/troubleshooting.md does not quote:\n{text}"
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def rpc_env(catalog_port: int | None = None) -> dict[str, str]:
+    return {
+        "BAZAAR_CATALOG": f"tcp://127.0.0.1:{catalog_port or free_port()}",
+        "BAZAAR_CATALOG_PUB": f"tcp://127.0.0.1:{free_port()}",
+    }
+
+
+def test_catalog_port_in_use(tmp_path, taken_port):
+    line = start(["catalog"], tmp_path, **rpc_env(taken_port))
+    for host in ("*", "127.0.0.1", "0.0.0.0"):
+        line = line.replace(f"tcp://{host}:", "tcp://<host>:")
+    documented(line, port=str(taken_port))
+
+
+def test_frontend_port_in_use(tmp_path, taken_port):
+    line = start(["frontend"], tmp_path, BAZAAR_HTTP_PORT=str(taken_port), **rpc_env())
+    for host in ("127.0.0.1", "0.0.0.0"):
+        line = line.replace(f"on {host}:", "on <host>:")
+    documented(line, port=str(taken_port))
+
+
+def test_second_catalog_on_one_data_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    lock = tmp_path / "data" / "catalog.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,sys,time; f=open({str(lock)!r},'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = start(["catalog"], tmp_path, **rpc_env())
+    finally:
+        holder.kill()
+        holder.wait()
+    documented(line, dir=str(tmp_path / "data"))
+
+
+def test_damaged_catalog_db(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "catalog.db").write_bytes(b"not a database at all" * 100)
+    line = start(["catalog"], tmp_path, **rpc_env())
+    documented(line, dir=str(tmp_path / "data"))
+
+
+def test_bad_variable(tmp_path):
+    documented(start(["catalog"], tmp_path, BAZAAR_CACHE_SIZE="abc"))
