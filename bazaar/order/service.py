@@ -84,6 +84,7 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         started = time.monotonic()
         self.log = OrderLog(self.data_dir, self.id).load()
         epoch, leader = self.log.load_state()
+        opened = time.monotonic()
         self.machine = rep.Replica(
             self.id,
             list(self.endpoints),
@@ -108,10 +109,12 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._spawn(self._leader_loop, "leader")
         self.server.start()
         log.info(
-            "order %s serving on %s in %.0f ms: %d records, epoch %s, leader %s",
+            "order %s serving on %s in %.0f ms (log opened in %.1f ms): %d records, "
+            "epoch %s, leader %s",
             self.id,
             self.endpoint,
             (time.monotonic() - started) * 1000,
+            (opened - started) * 1000,
             self.log.last_number + 1,
             epoch,
             leader,
