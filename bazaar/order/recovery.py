@@ -90,12 +90,9 @@ class Recovery:
         that missed a million orders never holds them all in memory.
         """
         answers = self._ask_peers(self.machine.durable, epoch)
-        if epoch is not None:
-            votes = 1 + sum(1 for a in answers if a.promised)
-            if votes < self.machine.quorum():
-                raise unavailable(f"only {votes} of {len(self.endpoints)} replicas promised")
+        plan = rep.plan_catch_up if epoch is None else rep.plan_recovery
         with self._lock:
-            truncate, best = rep.plan_catch_up(self.machine, answers)
+            truncate, best = plan(self.machine, answers)
         if best is None:
             return
         if truncate is None:

@@ -623,3 +623,19 @@ def plan_catch_up(replica: Replica, answers: list[PeerLog]) -> tuple[int | None,
     prefix = common_prefix(replica.epoch_runs(), replica.last_number, best.runs, best.last_number)
     truncate = prefix + 1 if prefix < replica.last_number else None
     return truncate, best
+
+
+def plan_recovery(replica: Replica, answers: list[PeerLog]) -> tuple[int | None, PeerLog | None]:
+    """An elected replica's catch-up plan from its peers' answers to its promise request.
+
+    Only a majority of promises (ourselves counted) lets it lead: any
+    majority shares a replica with the one that holds each acknowledged
+    record, so adopting the best log among the promisers' keeps them all.
+    Raises UNAVAILABLE (ask again later) without one; else `plan_catch_up`.
+    """
+    votes = 1 + sum(1 for a in answers if a.promised)
+    if votes < replica.quorum():
+        raise BazaarError(
+            "UNAVAILABLE", f"only {votes} of {len(replica.peers) + 1} replicas promised"
+        )
+    return plan_catch_up(replica, answers)

@@ -183,11 +183,12 @@ class World(Sim):
             except BazaarError:
                 continue  # ABORTED: it granted this epoch (or a later one) to another
             self.flush(peer)  # a promise waits for the records in flight
-            answers.append(self.peer_log(peer))
-        if len(answers) + 1 < m.quorum():
+            answers.append(self.peer_log(peer)._replace(promised=True))
+        try:
+            truncate, best = rep.plan_recovery(m, answers)  # what the service runs
+        except BazaarError:
             self.trace.append(f"{leader} has no majority for {epoch}")
             return
-        truncate, best = rep.plan_catch_up(m, answers)
         if best is not None:
             self.perform(leader, m.adopt(truncate, best.records))
         self.flush(leader)

@@ -287,6 +287,18 @@ def _peer_log(m: rep.Replica) -> rep.PeerLog:
 
 
 # ---- catch-up planning ------------------------------------------------------------------
+def test_an_elected_replica_needs_a_majority_of_promises():
+    me = rep.Replica(3, [1, 2, 3], MemoryLog([r(0)]))
+    longer = rep.PeerLog(1, 1, [[1, 0]], [r(1)])
+    with pytest.raises(BazaarError) as err:  # an answer, but no promise (its disk failed)
+        rep.plan_recovery(me, [longer])
+    assert err.value.code == "UNAVAILABLE" and "1 of 3" in err.value.message
+    assert rep.plan_recovery(me, [longer._replace(promised=True)]) == (
+        None,
+        longer._replace(promised=True),
+    )
+
+
 def test_plan_prefers_the_later_epoch_then_the_longer_log():
     me = rep.Replica(3, [1, 2, 3], MemoryLog([r(0), r(1), r(2)]))  # old leader's tail
     peer = rep.PeerLog(2, 1, [[1, 0], [2, 1]], [r(1, 2)])  # newer epoch from number 1
