@@ -97,7 +97,13 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._spawn(self._writer_loop, "writer")
-        self.catch_up_from_peers(epoch=None)
+        try:
+            self.catch_up_from_peers(epoch=None)
+        except BazaarError as err:
+            # A peer died in the middle of it (or our disk failed): serve with
+            # what we have, like any lagging follower; the leader's stream, or
+            # our own recovery if we are elected, brings the rest.
+            log.warning("order %s: start-up catch-up incomplete: %s", self.id, err.message)
         self.server = rpc.Server(self._endpoint, service="order", replica_id=self.id, workers=48)
         self.endpoint = self.server.endpoint
         for name in ("order", "get_order", "set_leader", "replicate", "catch_up", "status"):
