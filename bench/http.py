@@ -207,8 +207,13 @@ def client_thread(port, kind, seed, t_start, t_end, out: list, errors: list) -> 
 
 
 def client_main(args) -> None:
-    """Run `sessions` threads of closed-loop load; print latencies as JSON on stdout."""
+    """Run `sessions` threads of closed-loop load; print latencies as JSON on stdout.
+
+    `--start-at` (wall clock) fixes the measuring window, so the parent can read
+    the services' CPU counters at its edges."""
     t_start = time.perf_counter() + args.warmup
+    if args.start_at:
+        t_start = time.perf_counter() + (args.start_at - time.time())
     t_end = t_start + args.seconds
     lat: list[float] = []
     errors: list[int] = []
@@ -238,27 +243,47 @@ class Result:
     rounds: int = 1
 
 
-def run_clients(port: int, kind: str, sessions: int, seconds: float, procs: int) -> dict:
-    """Closed-loop load from `procs` client processes; returns merged latencies."""
+def run_clients(
+    port: int, kind: str, sessions: int, seconds: float, procs: int, cpu_of=None
+) -> dict:
+    """Closed-loop load from `procs` client processes; returns merged latencies.
+
+    With `cpu_of` ({name: pid}), also the CPU seconds each of those processes
+    used within the measuring window (utime + stime from /proc), as "cpu"."""
     import numpy as np
 
     per = [sessions // procs + (k < sessions % procs) for k in range(procs)]
+    start_at = time.time() + 1.5  # the clients' imports and warm-up fit before it
     children = [
         subprocess.Popen(
             [sys.executable, __file__, "client", "--port", str(port), "--kind", kind]
-            + ["--sessions", str(n), "--seconds", str(seconds), "--offset", str(k * 1000)],
+            + ["--sessions", str(n), "--seconds", str(seconds), "--offset", str(k * 1000)]
+            + ["--start-at", repr(start_at)],
             stdout=subprocess.PIPE,
         )
         for k, n in enumerate(per)
         if n
     ]
+    cpu = None
+    if cpu_of:
+        time.sleep(max(0.0, start_at - time.time()))
+        before = {name: cpu_seconds(pid) for name, pid in cpu_of.items()}
+        time.sleep(max(0.0, start_at + seconds - time.time()))
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in cpu_of.items()}
     lat, errors = [], 0
     for child in children:
         out, _ = child.communicate(timeout=seconds + 60)
         data = json.loads(out)
         lat.extend(data["lat"])
         errors += data["errors"]
-    return {"lat": np.asarray(lat), "errors": errors, "seconds": seconds}
+    return {"lat": np.asarray(lat), "errors": errors, "seconds": seconds, "cpu": cpu}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------
@@ -569,6 +594,105 @@ def metrics_main(args) -> None:
     )
 
 
+def orders_main(args) -> None:
+    """Orders over HTTP against the five services as shipped (issue 13).
+
+    Per round, interleaved: the baseline (Flask+waitress constant JSON, its
+    CPU per request), orders with `--sessions` sessions (orders/s, p50/p99,
+    CPU ms per order of every service in the measuring window), and orders
+    with one session (p50). Median over rounds; the spread is printed too.
+    """
+    import numpy as np
+
+    from tests.system.cluster import Cluster
+
+    print(
+        f"orders over HTTP: {args.sessions} closed-loop sessions in {args.client_procs} "
+        f"client process(es), {args.rounds} interleaved rounds of {args.seconds}s; "
+        f"1-session p50 over {args.one_session_seconds}s; load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-orders-http-") as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "cluster").mkdir()
+        with Cluster(tmp / "cluster") as cluster:
+            cluster.extra_env["BAZAAR_LOG_LEVEL"] = "WARNING"
+            cluster.start_all()
+            pids = {name: proc.pid for name, proc in cluster.procs.items()}
+            for n in range(args.rounds):
+                row: dict = {}
+                port = free_port()
+                proc = start_server("waitress", "baseline", port)
+                try:
+                    wait_ready(port, proc, "/health")
+                    base = run_clients(
+                        port,
+                        "lookup",
+                        args.sessions,
+                        args.seconds,
+                        args.client_procs,
+                        {"baseline": proc.pid},
+                    )
+                finally:
+                    stop(proc)
+                row["base_rps"] = len(base["lat"]) / base["seconds"]
+                row["base_cpu"] = base["cpu"]["baseline"] / max(len(base["lat"]), 1) * 1000
+                many = run_clients(
+                    cluster.http_port,
+                    "order",
+                    args.sessions,
+                    args.seconds,
+                    args.client_procs,
+                    pids,
+                )
+                done = max(len(many["lat"]), 1)
+                row["rps"] = len(many["lat"]) / many["seconds"]
+                row["p50"], row["p99"] = np.percentile(many["lat"] * 1000, [50, 99])
+                row["errors"] = many["errors"]
+                row["cpu"] = {k: v / done * 1000 for k, v in many["cpu"].items()}
+                one = run_clients(cluster.http_port, "order", 1, args.one_session_seconds, 1)
+                row["p50_1"] = float(np.median(one["lat"])) * 1000
+                row["p99_1"] = float(np.percentile(one["lat"], 99)) * 1000
+                rounds.append(row)
+                total = sum(row["cpu"].values())
+                print(
+                    f"  round {n + 1}: {row['rps']:6.0f} orders/s, p50 {row['p50']:.2f} ms, "
+                    f"1-session p50 {row['p50_1']:.2f} ms, CPU {total:.2f} ms/order "
+                    f"({', '.join(f'{k} {v:.2f}' for k, v in row['cpu'].items())}); "
+                    f"baseline {row['base_rps']:.0f} req/s {row['base_cpu']:.2f} ms/req; "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+            leader = cluster.health()["data"]["order"]["leader"]
+
+    def spread(values) -> str:
+        return f"{np.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    print()
+    print("| measure | median (min-max) over rounds | goal |")
+    print("|---|---|---|")
+    print(
+        f"| orders/s, {args.sessions} sessions | {spread([r['rps'] for r in rounds])} | >= 1000 |"
+    )
+    print(f"| p50 ms, {args.sessions} sessions | {spread([r['p50'] for r in rounds])} | |")
+    print(f"| p99 ms, {args.sessions} sessions | {spread([r['p99'] for r in rounds])} | |")
+    print(f"| p50 ms, 1 session | {spread([r['p50_1'] for r in rounds])} | <= 2 |")
+    print(f"| p99 ms, 1 session | {spread([r['p99_1'] for r in rounds])} | |")
+    for name in rounds[0]["cpu"]:
+        role = f"{name} (leader)" if name == f"order{leader}" else name
+        print(f"| CPU ms/order, {role} | {spread([r['cpu'][name] for r in rounds])} | |")
+    totals = [sum(r["cpu"].values()) for r in rounds]
+    print(f"| CPU ms/order, five services | {spread(totals)} | <= 1.5 |")
+    print(
+        f"| baseline: Flask+waitress constant JSON, req/s | "
+        f"{spread([r['base_rps'] for r in rounds])} | |"
+    )
+    print(f"| baseline: its CPU ms/request | {spread([r['base_cpu'] for r in rounds])} | |")
+    print(f"errors: {sum(r['errors'] for r in rounds)}")
+
+
 def python_cost_per_lookup(n: int = 100_000) -> dict[bool, float]:
     """The WSGI app alone, called in-process: what the metrics add per cached lookup (us)."""
     from bazaar.frontend.app import close_app, create_app
@@ -624,6 +748,9 @@ def parse_args(argv=None):
     client.add_argument("--seconds", type=float, required=True)
     client.add_argument("--warmup", type=float, default=0.5)
     client.add_argument("--offset", type=int, default=0)
+    client.add_argument("--start-at", type=float, default=0.0)
+    orders = sub.add_parser("orders", help="orders over HTTP: orders/s, p50, CPU per order")
+    orders.add_argument("--one-session-seconds", type=float, default=3.0)
     parser.add_argument("--sessions", type=int, default=16, help="closed-loop sessions")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per row")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
@@ -650,6 +777,8 @@ def main(argv=None) -> None:
         client_main(args)
     elif args.cmd == "metrics":
         metrics_main(args)
+    elif args.cmd == "orders":
+        orders_main(args)
     elif args.cmd == "sweep":
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
             sweep_plots(Path(args.dir), Path(tmp))

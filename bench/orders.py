@@ -189,7 +189,16 @@ def latency(router, count: int) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def throughput(router, sessions: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(router, sessions: int, seconds: float, pids=None) -> tuple[float, dict]:
+    """Orders/s with `sessions` closed-loop sessions, and the CPU ms per order each
+    process of `pids` ({name: pid}) spent within the measuring window."""
     stop = threading.Event()
     counts = [0] * sessions
 
@@ -199,13 +208,19 @@ def throughput(router, sessions: int, seconds: float) -> float:
             counts[i] += 1
 
     threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    pids = pids or {}
     for t in threads:
         t.start()
+    time.sleep(0.3)  # warm-up: every session has its socket and is ordering
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    done = sum(counts)
     time.sleep(seconds)
+    done = max(sum(counts) - done, 1)
+    cpu = {name: (cpu_seconds(pid) - before[name]) / done * 1000 for name, pid in pids.items()}
     stop.set()
     for t in threads:
         t.join()
-    return sum(counts) / seconds
+    return done / seconds, cpu
 
 
 def failover_stall(dep: Deployment, router, sessions: int = 4) -> float:
@@ -247,10 +262,20 @@ def run_setup(replicas: int, catalog: str, seconds: float, count: int) -> dict:
             dep.start_all()
             router = make_router(dep)
             p50, p99 = latency(router, count)
-            tput = throughput(router, 16, seconds)
+            pids = {name: proc.pid for name, proc in dep.procs.items()}
+            pids["bench (client)"] = os.getpid()
+            tput, cpu = throughput(router, 16, seconds, pids)
+            leader = f"order{router.leader}"
             stall = failover_stall(dep, router) if replicas > 1 else None
             router.close()
-            return {"p50": p50, "p99": p99, "tput": tput, "stall": stall}
+            return {
+                "p50": p50,
+                "p99": p99,
+                "tput": tput,
+                "stall": stall,
+                "cpu": cpu,
+                "leader": leader,
+            }
         finally:
             dep.stop()
 
@@ -293,6 +318,24 @@ def main() -> None:
         stall_text = f"{stall * 1000:.0f} ms" if stall is not None else "n/a"
         print(
             f"| {label} | {med('p50'):.2f} | {med('p99'):.2f} | {med('tput'):.0f} | {stall_text} |"
+        )
+    print(
+        "\nCPU ms per order in the 16-session window (utime+stime from /proc), "
+        "median (min-max) over rounds; the leader is the one elected at the start"
+    )
+    for _, label in SETUPS:
+        runs = results[label]
+        parts = []
+        for name in runs[0]["cpu"]:
+            values = [r["cpu"][name] for r in runs]
+            role = " (leader)" if name == runs[0]["leader"] else ""
+            parts.append(
+                f"{name}{role} {np.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+            )
+        totals = [sum(v for k, v in r["cpu"].items() if not k.startswith("bench")) for r in runs]
+        print(
+            f"- {label}: services {np.median(totals):.2f} ({min(totals):.2f}-{max(totals):.2f}); "
+            + ", ".join(parts)
         )
 
 
