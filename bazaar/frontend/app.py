@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import HTTP_STATUS_CODES
 
 from bazaar import metrics
 from bazaar.config import Config
@@ -108,7 +109,7 @@ def create_app(
     _register_errors(app)
     _register_routes(app, catalog, orders, cache)
     _register_dashboard(app, parts)
-    wsgi = serve_cached_lookups(app.wsgi_app, cache)
+    wsgi = serve_cached_lookups(serve_orders(app.wsgi_app, orders, cache), cache)
     app.wsgi_app = meter.wrap(wsgi) if meter is not None else wsgi  # type: ignore[method-assign]
     return app
 
@@ -154,6 +155,74 @@ def serve_cached_lookups(wsgi_app, cache: LookupCache):
         return wsgi_app(environ, start_response)
 
     return app
+
+
+def serve_orders(wsgi_app, orders, cache: LookupCache):
+    """WSGI middleware: `POST /orders` with a Content-Length body, before Flask runs.
+
+    The same steps as the Flask route `place_order` (the same validation
+    functions, the same JSON answers and statuses) without Flask's request
+    and response machinery (~0.15 ms per order in process). Only the plain
+    case takes it: a body of a declared length within MAX_BODY_BYTES. Chunked
+    bodies, oversized ones (413), HEAD and everything else go through Flask.
+    """
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/orders" or environ.get("REQUEST_METHOD") != "POST":
+            return wsgi_app(environ, start_response)
+        length = environ.get("CONTENT_LENGTH") or ""
+        if (
+            not (length.isascii() and length.isdigit())
+            or int(length) > MAX_BODY_BYTES
+            or "HTTP_TRANSFER_ENCODING" in environ
+        ):
+            return wsgi_app(environ, start_response)
+        status, payload = 200, None
+        try:
+            key = order_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            raw = read_body(_Limited(environ["wsgi.input"], int(length)))
+            fields = parse_order_body(environ.get("CONTENT_TYPE") or "", raw)
+            payload = {"data": _order(orders, cache, key, fields)}
+        except BazaarError as err:
+            status = err.http_status
+            payload = {"error": {"code": status, "message": err.message}}
+        except Exception as exc:  # as the Flask error handler: logged, a JSON 500
+            log.exception("unexpected error on POST /orders")
+            status = 500
+            payload = {"error": {"code": 500, "message": f"internal error: {type(exc).__name__}"}}
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        headers = [("Content-Type", _JSON), ("Content-Length", str(len(data)))]
+        start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}", headers)
+        return [data]
+
+    return app
+
+
+class _Limited:
+    """A body stream that ends after Content-Length bytes, as werkzeug's does."""
+
+    def __init__(self, stream, length: int):
+        self.stream, self.left = stream, length
+
+    def read(self, size: int) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.stream.read(min(size, self.left))
+        self.left -= len(data)
+        return data
+
+
+def _order(orders, cache: LookupCache, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Place one validated order: the answer's data, or the BazaarError to map."""
+    try:
+        result = orders.order(key, fields["name"], fields["type"], fields["quantity"])
+    except BazaarError as err:
+        if err.code not in NO_TRADE_CODES:  # the outcome is unknown: it may have traded
+            cache.invalidate(fields["name"])
+        raise
+    # Our own invalidation closes the window before the catalog's arrives.
+    cache.invalidate(fields["name"])
+    return {"transaction_number": result["transaction_number"]}
 
 
 def close_app(app: Flask) -> None:
@@ -207,15 +276,7 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
     def place_order():
         key = order_key(request.headers.get("Idempotency-Key"))
         fields = parse_order_body(request.content_type or "", read_body(request.stream))
-        try:
-            result = orders.order(key, fields["name"], fields["type"], fields["quantity"])
-        except BazaarError as err:
-            if err.code not in NO_TRADE_CODES:  # the outcome is unknown: it may have traded
-                cache.invalidate(fields["name"])
-            raise
-        # Our own invalidation closes the window before the catalog's arrives.
-        cache.invalidate(fields["name"])
-        return _body({"data": {"transaction_number": result["transaction_number"]}})
+        return _body({"data": _order(orders, cache, key, fields)})
 
     @app.get("/orders/<number>")
     def get_order(number: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -394,6 +395,56 @@ def test_failed_order_drops_entry_only_when_it_may_have_traded(client, parts, co
     order(client, GOOD)
     client.get("/stocks/GameStart")
     assert catalog.lookups == (2 if drops else 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "headers"),
+    [
+        (json.dumps(GOOD), "application/json", {}),
+        (json.dumps(GOOD), "application/json", {"Idempotency-Key": "k-1"}),
+        (json.dumps(GOOD), "application/json", {"Idempotency-Key": "bad key"}),
+        ("name=GameStart&quantity=3&type=sell", "application/x-www-form-urlencoded", {}),
+        ('{"name": "GameStart", "quantity": true, "type": "buy"}', "application/json", {}),
+        ('{"name": "GameStart"', "application/json", {}),
+        ('{"name": "GameStart", "quantity": 1, "type": "buy", "x": 1}', "text/plain", {}),
+        ("", "application/json", {}),
+        ("[1, 2]", "application/json", {}),
+        (json.dumps({**GOOD, "name": "Nope"}), "application/json", {}),
+    ],
+)
+@pytest.mark.parametrize("fail", [None, "UNAVAILABLE", "ALREADY_EXISTS"])
+def test_order_fast_path_answers_as_the_flask_route(parts, body, content_type, headers, fail):
+    """`POST /orders` with a Content-Length skips Flask (serve_orders); a chunked
+    body goes through the Flask route. Both give the same status and body, and
+    place the same order, each on a front end of its own."""
+    catalog, _, cache = parts
+    answers, placed = [], []
+    for chunked in (False, True):
+        orders = FakeOrders()
+        if fail:
+            orders.fail = BazaarError(fail, "x")
+        app = create_app(catalog=catalog, orders=orders, cache=cache)
+        try:
+            kw: dict = {"data": body}
+            if chunked:
+                kw = {
+                    "input_stream": io.BytesIO(body.encode()),
+                    "headers": {**headers, "Transfer-Encoding": "chunked"},
+                    "environ_overrides": {"wsgi.input_terminated": True},  # as granian does
+                }
+            resp = app.test_client().post(
+                "/orders", content_type=content_type, **{"headers": headers, **kw}
+            )
+        finally:
+            close_app(app)
+        answers.append((resp.status, resp.mimetype, resp.get_json()))
+        placed.append(orders.placed)
+    assert answers[0] == answers[1]
+    assert answers[0][1] == "application/json"
+    assert placed[0] == placed[1] or not headers.get("Idempotency-Key", "").startswith("k")
+    assert [p[1:] for p in placed[0]] == [p[1:] for p in placed[1]]
+    if headers.get("Idempotency-Key") == "k-1" and not fail:
+        assert placed[0][0][0] == "k-1"
 
 
 # ---- the dashboard ----------------------------------------------------------------
