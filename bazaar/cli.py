@@ -1,4 +1,4 @@
-"""The `bazaar` command: run a role, call any RPC method, run all services, export, back up, load test.
+"""The `bazaar` command: run a role, call any RPC method, run all services, export, back up, load test, keys.
 
 Roles are looked up lazily so `bazaar call` stays fast and light. Each role
 module exposes `run(config, stop)`, which serves until the `stop` event is set;
@@ -17,6 +17,7 @@ import threading
 import click
 
 from bazaar import config as configmod
+from bazaar import security
 from bazaar.errors import BazaarError
 
 ROLES = {
@@ -76,14 +77,14 @@ def serve_role(role: str, cfg: configmod.Config) -> None:
         module.run(cfg, stop)
     except BazaarError as err:
         raise click.ClickException(f"{err.code}: {err.message}") from None
+    except (configmod.ConfigError, security.KeysError) as err:
+        raise click.ClickException(str(err)) from None
     except Exception as err:
         if not _cannot_listen(err):
             raise
         # A port in use or an address not on this host: one line, not a traceback.
         text = str(err) if str(err).startswith("cannot listen") else f"cannot listen: {err}"
         raise click.ClickException(f"{role}: {text}") from None
-    except configmod.ConfigError as err:
-        raise click.ClickException(str(err)) from None
     finally:
         if exposition is not None:
             exposition.stop()
@@ -133,7 +134,9 @@ def frontend(port):
 @main.command("run-all")
 def run_all():
     """Run catalog, order 1-3 and the front end; logs prefixed by service, Ctrl-C stops all."""
-    _load_config()  # a bad BAZAAR_* value is one clear line here, not five tracebacks
+    cfg = _load_config()  # a bad BAZAAR_* value is one clear line here, not five tracebacks
+    if not cfg.insecure:  # first start: the cluster's keys, next to the data
+        _init_keys(cfg.keys_path)
     from bazaar.supervise import run_all as supervise
 
     sys.exit(supervise())
@@ -147,13 +150,67 @@ def _parse_value(text: str):
         return text
 
 
+def _init_keys(directory) -> None:
+    try:
+        made = security.init_keys(directory)
+    except (OSError, security.KeysError) as exc:
+        raise click.ClickException(f"keys in {directory}: {exc}") from None
+    if made:
+        click.echo(f"made keys for {', '.join(made)} in {directory}", err=True)
+
+
+@main.group()
+def keys():
+    """The cluster's CurveZMQ keys."""
+
+
+@keys.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+def keys_init(directory):
+    """Make a key pair per role in DIRECTORY (never overwrites; exit 0 when present)."""
+    _init_keys(directory)
+
+
+def _server_role(cfg: configmod.Config, endpoint: str) -> str | None:
+    """The role serving ENDPOINT according to BAZAAR_* (by endpoint, then by port)."""
+    servers = {cfg.catalog: "catalog"} | {
+        ep: security.replica_role(rid) for rid, ep in cfg.order_replicas.items()
+    }
+    if endpoint in servers:
+        return servers[endpoint]
+    by_port = {ep.rsplit(":", 1)[1]: role for ep, role in servers.items()}
+    return by_port.get(endpoint.rsplit(":", 1)[-1])
+
+
 @main.command()
 @click.argument("endpoint")
 @click.argument("method")
 @click.argument("args", nargs=-1)
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds.")
-def call(endpoint, method, args, timeout):
-    """Call METHOD on the service at ENDPOINT with key=value arguments; prints JSON."""
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(file_okay=False),
+    help="The cluster's keys (default: BAZAAR_KEYS_DIR, else <data dir>/keys).",
+)
+@click.option(
+    "--role",
+    default="client",
+    show_default=True,
+    type=click.Choice(security.ROLES),
+    help="Speak as.",
+)
+@click.option(
+    "--server",
+    "server_role",
+    type=click.Choice(security.ROLES[:-1]),
+    help="Role of the service at ENDPOINT (default: found from BAZAAR_* by endpoint or port).",
+)
+def call(endpoint, method, args, timeout, keys_dir, role, server_role):
+    """Call METHOD on the service at ENDPOINT with key=value arguments; prints JSON.
+
+    Speaks CurveZMQ with the `client` key (read-only methods) unless
+    BAZAAR_INSECURE=1."""
     from bazaar import rpc
 
     kwargs = {}
@@ -162,8 +219,20 @@ def call(endpoint, method, args, timeout):
         if not sep or not key:
             raise click.UsageError(f"argument {item!r} is not key=value")
         kwargs[key] = _parse_value(value)
+    cfg = _load_config(keys_dir=keys_dir and configmod.Path(keys_dir))
+    creds = None
+    if not cfg.insecure or keys_dir:
+        server_role = server_role or _server_role(cfg, endpoint)
+        if server_role is None:
+            raise click.UsageError(f"which service is {endpoint}? say --server ROLE")
+        try:
+            creds = security.load_keys(cfg.keys_path, role)
+        except security.KeysError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        result = rpc.call(endpoint, method, kwargs, timeout=timeout)
+        result = rpc.call(
+            endpoint, method, kwargs, timeout=timeout, keys=creds, server_role=server_role
+        )
     except BazaarError as err:
         click.echo(f"{err.code}: {err.message}", err=True)
         sys.exit(1)

@@ -16,9 +16,11 @@ from pathlib import Path
 DEFAULT_CATALOG = "tcp://127.0.0.1:5555"
 DEFAULT_CATALOG_PUB = "tcp://127.0.0.1:5556"
 DEFAULT_ORDER_REPLICAS = "1=tcp://127.0.0.1:5561,2=tcp://127.0.0.1:5562,3=tcp://127.0.0.1:5563"
+DEFAULT_BIND_HOST = "127.0.0.1"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _HOST = re.compile(r"^([A-Za-z0-9_.\-]+|[0-9A-Fa-f:.]+)$")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 _ENDPOINT = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -58,6 +60,15 @@ def parse_int(value: str, var: str, minimum: int = 0, maximum: int | None = None
     return number
 
 
+def parse_bool(value: str, var: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{var}: {value!r} is not one of 1/0, true/false, yes/no")
+
+
 def parse_host(value: str, var: str) -> str:
     host = value.strip()
     if not _HOST.match(host):
@@ -81,6 +92,21 @@ class Config:
     bind_host: str = "127.0.0.1"
     # A service's own /metrics port; 0 = off (the front end also serves /metrics on http_port).
     metrics_port: int = 0
+    # None: <data_dir>/keys, where `make run` keeps them (the image sets /keys).
+    keys_dir: Path | None = None
+    insecure: bool = False  # plaintext ZeroMQ, no roles (SPEC 2: an explicit opt-out)
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
+
+    def bind(self, endpoint: str) -> str:
+        """`tcp://host:port` -> `tcp://<bind_host>:port`: the port comes from the endpoint."""
+        if not endpoint.startswith("tcp://"):
+            return endpoint
+        port = endpoint.rsplit(":", 1)[1]
+        host = "*" if self.bind_host in ("0.0.0.0", "*") else self.bind_host
+        return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
 
     def with_(self, **changes) -> Config:
         """A copy with some fields changed (command-line flags override env)."""
@@ -116,4 +142,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         kwargs["metrics_port"] = parse_int(
             env["BAZAAR_METRICS_PORT"], "BAZAAR_METRICS_PORT", 0, 65535
         )
+    if get("BAZAAR_KEYS_DIR"):
+        kwargs["keys_dir"] = Path(env["BAZAAR_KEYS_DIR"])
+    if "BAZAAR_INSECURE" in env:
+        kwargs["insecure"] = parse_bool(env["BAZAAR_INSECURE"], "BAZAAR_INSECURE")
     return Config(**kwargs)

@@ -9,30 +9,58 @@ thread-safe). Methods registered `inline=True` (fast, never block) run on that
 thread; all others run on a bounded worker pool, and their replies travel back
 to the I/O thread over an inproc PUSH/PULL pair, so a slow handler never holds
 up the others.
+
+Security (SPEC section 2): given `keys`, the ROUTER is a CurveZMQ server in a
+context whose ZAP handler (`bazaar.security`) admits only the cluster's keys
+and names the caller's role; each method then admits only the roles it was
+registered with, anything else is PERMISSION_DENIED. Without keys (insecure
+mode) every caller may call everything. Input limits: a request of more than
+MAX_FRAMES frames is refused without keeping its frames, queues are HWM
+messages deep per connection and frames are at most MAXMSGSIZE bytes, and no
+reply is larger than wire.MAX_MESSAGE_BYTES, so a peer that never reads its
+replies holds a bounded amount of this process's memory per connection (see
+REPLY_HWM), and only a holder of a cluster key gets a connection at all.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from bazaar import __version__, metrics, wire
+from bazaar import __version__, metrics, security, wire
 from bazaar.errors import BazaarError
 
 log = logging.getLogger(__name__)
 
-HWM = 10_000
+# Messages queued per connection and direction. A caller waits for its replies
+# (or pipelines a window of at most 64), so a deeper queue only ever fills for
+# a peer that does not read; see the module docstring for the memory bound.
+HWM = 128
+# Replies queued in zmq per connection on a server. A burst (a pipelining
+# client) can outrun the I/O thread for a moment: what does not fit waits in
+# the server's own backlog, bounded in bytes per peer and in all, and is sent
+# as the queue drains. A peer that never reads fills both and then loses its
+# replies: it holds at most REPLY_HWM x MAX_MESSAGE_BYTES + PEER_BACKLOG_BYTES.
+REPLY_HWM = 16
+PEER_BACKLOG_BYTES = 1 << 20
+BACKLOG_BYTES = 16 << 20
+BACKLOG_RETRY_MS = 2
+# [identity, b"", payload] from a DEALER or REQ, plus the request-id frame of
+# REQ_CORRELATE: anything longer is refused.
+MAX_FRAMES = 4
 # Plain ints: pyzmq's enum flags cost a few microseconds per frame on hot paths.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -82,15 +110,26 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
 
 
 DEFAULT_TIMEOUT = 2.0
+HANDSHAKE_GRACE = 1.0  # more seconds for a CURVE handshake with a live but busy peer
 CONNECT_TIMEOUT = 0.3  # seconds to wait for a connection that is not up yet
 LIVENESS_SLICE = 0.05  # seconds between "is the peer still connected?" checks
 
 
-def harden(sock: zmq.Socket) -> zmq.Socket:
+def _accepts_tcp(endpoint: str) -> bool:
+    """Something listens on a tcp:// endpoint (a refused connect is a dead peer)."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.1):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def harden(sock: zmq.Socket, hwm: int = HWM) -> zmq.Socket:
     """Options every socket of ours gets: never block on close, bounded queues."""
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_MESSAGE_BYTES)
     return sock
 
@@ -121,12 +160,27 @@ def watch_peer(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def bind_endpoint(endpoint: str) -> str:
-    """`tcp://host:port` -> `tcp://*:port`: services bind all interfaces (SPEC 5)."""
-    if endpoint.startswith("tcp://"):
-        port = endpoint.rsplit(":", 1)[1]
-        return f"tcp://*:{port}"
-    return endpoint
+def recv_request(sock: zmq.Socket, flags: int, secure: bool) -> tuple[list[bytes], str | None]:
+    """One request's frames (at most MAX_FRAMES + 1 kept) and the caller's ZAP User-Id.
+
+    The rest of a longer message is read and dropped here, so a many-frame
+    message costs no more of our memory than a short one.
+    """
+    frame = sock.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)  # a message arrives whole
+        if len(frames) <= MAX_FRAMES:
+            frames.append(frame.bytes)
+    return frames, (frame.get("User-Id") if secure else None)
+
+
+_caller = threading.local()
+
+
+def caller() -> str | None:
+    """The role (ZAP User-Id) of the request the current handler serves; None if insecure."""
+    return getattr(_caller, "role", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +189,14 @@ class _Method:
     inline: bool
     arg_names: tuple[str, ...]
     required: frozenset[str]
+    roles: frozenset[str] | None  # None: any caller the ZAP handler admitted
 
     @classmethod
-    def of(cls, func: Callable[..., Any], inline: bool) -> _Method:
+    def of(cls, func: Callable[..., Any], inline: bool, roles=None) -> _Method:
         params = inspect.signature(func).parameters.values()
         names = tuple(p.name for p in params)
         required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
-        return cls(func, inline, names, required)
+        return cls(func, inline, names, required, None if roles is None else frozenset(roles))
 
     def check_args(self, method: str, args: dict[str, Any]) -> None:
         """Names only; a set check costs far less than inspect's bind()."""
@@ -171,8 +226,13 @@ class Server:
         workers: int = 8,
         max_pending: int = 1024,
         context: zmq.Context | None = None,
+        keys: security.Keys | None = None,
+        info_roles: Iterable[str] | None = None,
     ):
+        """`keys`: serve CurveZMQ as `keys.role` (None: plaintext, insecure mode).
+        `info_roles`: who may call `ping` and `methods` (None: any admitted caller)."""
         self.service = service
+        self.keys = keys
         self.replica_id = replica_id
         # A context of its own unless told otherwise: libzmq resolves peer
         # host names on its I/O thread, so a client socket connecting to a
@@ -194,6 +254,36 @@ class Server:
         self._reply_addr = f"inproc://rpc-replies-{id(self)}-{os.getpid()}"
 
         self._router = harden(self._ctx.socket(zmq.ROUTER))
+        self._router.setsockopt(zmq.SNDHWM, REPLY_HWM)
+        # A full queue raises Again instead of dropping silently: see _park.
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._parked: dict[bytes, tuple[collections.deque, int]] = {}
+        self._parked_bytes = 0
+        self.replies_dropped = 0
+        if keys is not None:
+            # The ZAP handler first: a CURVE server without one admits anybody.
+            security.authenticators.acquire(self._ctx, keys)
+            security.secure_server(self._router, keys)
+        try:
+            self._bind(endpoint)
+        except BaseException:
+            self._router.close(0)
+            if keys is not None:
+                security.authenticators.release(self._ctx)
+            if self._own_ctx is not None:
+                self._own_ctx.destroy(linger=0)
+            raise
+        # Bounded: a worker blocks when the I/O thread is this far behind.
+        self._replies = self._ctx.socket(zmq.PULL)
+        self._replies.setsockopt(zmq.LINGER, 0)
+        self._replies.setsockopt(zmq.RCVHWM, HWM)
+        self._replies.bind(self._reply_addr)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc")
+
+        self.register("ping", self._ping, inline=True, roles=info_roles)
+        self.register("methods", self._list_methods, inline=True, roles=info_roles)
+
+    def _bind(self, endpoint: str) -> None:
         if endpoint.endswith(":0"):
             # Tests ask for a free port; bind_to_random_port is race-free.
             base = endpoint.rsplit(":", 1)[0]
@@ -203,23 +293,26 @@ class Server:
             self._router.bind(endpoint)
             self.endpoint = endpoint
             self.port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp") else None
-        self._replies = self._ctx.socket(zmq.PULL)
-        self._replies.setsockopt(zmq.LINGER, 0)
-        self._replies.bind(self._reply_addr)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc")
-
-        self.register("ping", self._ping, inline=True)
-        self.register("methods", self._list_methods, inline=True)
 
     # ---- registration -------------------------------------------------
-    def register(self, name: str, func: Callable[..., Any], *, inline: bool = False) -> None:
-        self._methods[name] = _Method.of(func, inline)
+    def register(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *,
+        inline: bool = False,
+        roles: Iterable[str] | None = None,
+    ) -> None:
+        """`roles`: the callers (ZAP User-Ids) allowed; None admits every cluster key."""
+        self._methods[name] = _Method.of(func, inline, roles)
 
-    def method(self, name: str | None = None, *, inline: bool = False):
+    def method(
+        self, name: str | None = None, *, inline: bool = False, roles: Iterable[str] | None = None
+    ):
         """Decorator form of `register`."""
 
         def deco(func: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(name or func.__name__, func, inline=inline)
+            self.register(name or func.__name__, func, inline=inline, roles=roles)
             return func
 
         return deco
@@ -254,8 +347,10 @@ class Server:
         self._router.rcvtimeo = 50
         try:
             while not self._stop.is_set():
-                if self._pending:
-                    events = dict(poller.poll(50))
+                if self._pending or self._parked:
+                    events = dict(poller.poll(BACKLOG_RETRY_MS if self._parked else 50))
+                    if self._parked:
+                        self._flush_parked()
                     if self._replies in events:
                         self._drain_replies()
                     if self._router in events:
@@ -272,21 +367,23 @@ class Server:
             self._replies.close(0)
             for sock in self._pushers:
                 sock.close(0)
+            if self.keys is not None:
+                security.authenticators.release(self._ctx)
             if self._own_ctx is not None:
                 # term() would wait for sockets a worker may still hold.
                 self._own_ctx.destroy(linger=0)
 
     def _serve_blocking(self) -> None:
         try:
-            frames = self._router.recv_multipart()
+            frames, role = recv_request(self._router, 0, self.keys is not None)
         except zmq.Again:
             return
-        self._handle_safely(frames)
+        self._handle_safely(frames, role)
         self._drain_requests()
 
-    def _handle_safely(self, frames: list[bytes]) -> None:
+    def _handle_safely(self, frames: list[bytes], role: str | None) -> None:
         try:
-            self._handle_frames(frames)
+            self._handle_frames(frames, role)
         except Exception:  # never let one request kill the loop
             log.exception("%s: unexpected error handling a frame", self.service)
 
@@ -298,15 +395,57 @@ class Server:
         for _ in range(1000):  # bounded, so replies are not starved
             if not readable(self._router):
                 return
-            self._handle_safely(recv_frames(self._router))
+            self._handle_safely(*recv_request(self._router, _NOBLOCK, self.keys is not None))
 
     def _send(self, frames: list[bytes]) -> None:
-        try:
-            send_frames(self._router, frames)
-        except zmq.ZMQError as exc:  # peer gone or its queue full: drop the reply
-            log.debug("%s: reply dropped: %s", self.service, exc)
+        ident = frames[0]
+        if ident not in self._parked:  # else behind its parked replies, in order
+            try:
+                send_frames(self._router, frames)
+                return
+            except zmq.Again:  # its queue is full (ROUTER_MANDATORY says so)
+                pass
+            except zmq.ZMQError as exc:  # peer gone: nobody to answer
+                log.debug("%s: reply dropped: %s", self.service, exc)
+                return
+        self._park(ident, frames)
 
-    def _handle_frames(self, frames: list[bytes]) -> None:
+    def _park(self, ident: bytes, frames: list[bytes]) -> None:
+        """Hold a reply for a peer whose queue is full, within the byte budgets."""
+        size = sum(map(len, frames))
+        queue, used = self._parked.get(ident, (None, 0))
+        if used + size > PEER_BACKLOG_BYTES or self._parked_bytes + size > BACKLOG_BYTES:
+            self.replies_dropped += 1  # a peer that does not read loses its replies
+            log.debug("%s: reply dropped: the peer does not read", self.service)
+            return
+        if queue is None:
+            queue = collections.deque()
+        queue.append(frames)
+        self._parked[ident] = (queue, used + size)
+        self._parked_bytes += size
+
+    def _flush_parked(self) -> None:
+        for ident in list(self._parked):
+            queue, used = self._parked[ident]
+            while queue:
+                try:
+                    send_frames(self._router, queue[0])
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:  # gone
+                    self._parked_bytes -= used
+                    del self._parked[ident]
+                    break
+                size = sum(map(len, queue.popleft()))
+                used -= size
+                self._parked_bytes -= size
+            else:
+                del self._parked[ident]
+                continue
+            if ident in self._parked:
+                self._parked[ident] = (queue, used)
+
+    def _handle_frames(self, frames: list[bytes], role: str | None = None) -> None:
         # The envelope is everything up to the first empty delimiter frame:
         # [identity, b"", payload] from REQ and well-behaved DEALERs, plus the
         # request-id frame a REQ_CORRELATE socket adds. A DEALER that omits
@@ -316,6 +455,10 @@ class Server:
         except ValueError:
             split = 1
         envelope, body = frames[:split], frames[split:]
+        if len(frames) > MAX_FRAMES:  # (only the first MAX_FRAMES + 1 were kept)
+            err = BazaarError("INVALID_ARGUMENT", f"a request has at most {MAX_FRAMES} frames")
+            self._send([*envelope, wire.encode_error(None, err)])
+            return
         if len(body) != 1:
             err = BazaarError(
                 "INVALID_ARGUMENT", f"expected exactly one payload frame, got {len(body)}"
@@ -333,11 +476,18 @@ class Server:
             err = BazaarError("UNIMPLEMENTED", f"unknown method {request.method!r}")
             self._send([*envelope, wire.encode_error(request.id, err)])
             return
+        if method.roles is not None and self.keys is not None and role not in method.roles:
+            err = BazaarError(
+                "PERMISSION_DENIED", f"{request.method} is not allowed for role {role or '?'}"
+            )
+            self.observe(request.method, err.code, 0.0)  # a known method: bounded labels
+            self._send([*envelope, wire.encode_error(request.id, err)])
+            return
         deadline = None
         if request.deadline_ms is not None:
             deadline = received + request.deadline_ms / 1000.0
         if method.inline:
-            self._send([*envelope, self._execute(method, request, deadline)])
+            self._send([*envelope, self._execute(method, request, deadline, role)])
             return
         with self._pending_lock:
             if self._pending >= self._max_pending:
@@ -345,12 +495,12 @@ class Server:
                 self._send([*envelope, wire.encode_error(request.id, err)])
                 return
             self._pending += 1
-        self._pool.submit(self._run_in_worker, envelope, method, request, deadline)
+        self._pool.submit(self._run_in_worker, envelope, method, request, deadline, role)
 
     # ---- worker threads -----------------------------------------------
-    def _run_in_worker(self, envelope, method, request, deadline) -> None:
+    def _run_in_worker(self, envelope, method, request, deadline, role) -> None:
         try:
-            self._push_reply([*envelope, self._execute(method, request, deadline)])
+            self._push_reply([*envelope, self._execute(method, request, deadline, role)])
         finally:
             # Only after the reply is in the inproc queue (see _loop).
             with self._pending_lock:
@@ -361,6 +511,7 @@ class Server:
         if pusher is None:
             pusher = self._ctx.socket(zmq.PUSH)
             pusher.setsockopt(zmq.LINGER, 0)
+            pusher.setsockopt(zmq.SNDHWM, HWM)
             pusher.connect(self._reply_addr)
             self._local.pusher = pusher
             self._pushers.append(pusher)
@@ -369,7 +520,9 @@ class Server:
         with contextlib.suppress(zmq.ZMQError):  # shutting down under our feet
             pusher.send_multipart(frames)
 
-    def _execute(self, method: _Method, request: wire.Request, deadline: float | None) -> bytes:
+    def _execute(
+        self, method: _Method, request: wire.Request, deadline: float | None, role: str | None
+    ) -> bytes:
         started = time.perf_counter()
         code = "OK"
         if deadline is not None and time.monotonic() >= deadline:
@@ -377,21 +530,32 @@ class Server:
             self.observe(request.method, err.code, time.perf_counter() - started)
             return wire.encode_error(request.id, err)
         _running.deadline = deadline
+        _caller.role = role
         try:
             method.check_args(request.method, request.args)
             result = method.func(**request.args)
-            return wire.encode_result(request.id, result)
+            reply = wire.encode_result(request.id, result)
         except BazaarError as err:
             code = err.code
             return wire.encode_error(request.id, err)
         except Exception as exc:
-            log.exception("%s.%s failed", self.service, request.method)
-            err = BazaarError("INTERNAL", f"{request.method} failed: {type(exc).__name__}: {exc}")
+            # The details (paths, exception text) stay in this log, under an id.
+            error_id = os.urandom(6).hex()
+            log.exception("%s.%s failed (error id %s)", self.service, request.method, error_id)
+            what = type(exc).__name__
+            err = BazaarError("INTERNAL", f"{request.method} failed: {what} (error id {error_id})")
             code = err.code
             return wire.encode_error(request.id, err)
         finally:
             _running.deadline = None
+            _caller.role = None
             self.observe(request.method, code, time.perf_counter() - started)
+        if len(reply) > wire.MAX_MESSAGE_BYTES:
+            err = BazaarError(
+                "RESOURCE_EXHAUSTED", f"{request.method}: reply over {wire.MAX_MESSAGE_BYTES} bytes"
+            )
+            return wire.encode_error(request.id, err)
+        return reply
 
 
 class Client:
@@ -409,7 +573,14 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         context: zmq.Context | None = None,
+        keys: security.Keys | None = None,
+        server_role: str | None = None,
     ):
+        """`keys` + `server_role`: speak CurveZMQ to the server holding that role's key."""
+        if keys is not None and server_role is None:
+            raise ValueError("a secure Client needs the server's role")
+        self.keys = keys
+        self.server_role = server_role
         self.endpoint = endpoint
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -424,6 +595,8 @@ class Client:
         # fails fast instead of waiting to be delivered to whoever binds that
         # port next; heartbeats find a peer that vanished without a word.
         sock = watch_peer(harden(self._ctx.socket(zmq.DEALER)))
+        if self.keys is not None:
+            security.secure_client(sock, self.keys, self.server_role)
         sock.connect(self.endpoint)
         return sock
 
@@ -512,10 +685,20 @@ class Client:
         # Python is; waiting the whole budget would only delay failover.
         # Never a negative timeout: zmq would wait forever (a retry under load
         # can start with its deadline already passed).
+        started = time.monotonic()
         wait_ms = max(0, int(min(budget, self.connect_timeout) * 1000))
-        if not sock.poll(wait_ms, zmq.POLLOUT):
-            raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
-        send_frames(sock, [b"", payload])
+        if sock.poll(wait_ms, zmq.POLLOUT):
+            send_frames(sock, [b"", payload])
+            return
+        # A CurveZMQ handshake also waits for the server's ZAP handler, a
+        # Python thread: on a loaded host it can take longer. If the port
+        # takes connections, the peer is alive, so give it a little longer.
+        left = min(budget - (time.monotonic() - started), HANDSHAKE_GRACE)
+        alive = self.keys is not None and left > 0 and _accepts_tcp(self.endpoint)
+        if alive and sock.poll(int(left * 1000), zmq.POLLOUT):
+            send_frames(sock, [b"", payload])
+            return
+        raise BazaarError("UNAVAILABLE", f"{self.endpoint} is not reachable ({method})")
 
     @contextlib.contextmanager
     def _borrowed(self) -> Iterator[zmq.Socket]:
@@ -619,10 +802,20 @@ class Pipeline:
     uses it (zmq sockets are not thread-safe); `socket` is for its poller.
     """
 
-    def __init__(self, endpoint: str, *, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        keys: security.Keys | None = None,
+        server_role: str | None = None,
+    ):
+        """`keys` + `server_role`: CurveZMQ to the peer holding that role's key."""
         self.endpoint = endpoint
         ctx = context or zmq.Context.instance()
         self.socket = watch_peer(harden(ctx.socket(zmq.DEALER)))
+        if keys is not None:
+            security.secure_client(self.socket, keys, server_role)
         self.socket.connect(endpoint)
         self._ids = itertools.count(1)
 
@@ -657,6 +850,8 @@ def call(
     args: dict[str, Any] | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    keys: security.Keys | None = None,
+    server_role: str | None = None,
     **kw,
 ) -> Any:
     """One-shot call with a throwaway client (scripts, the CLI).
@@ -665,5 +860,7 @@ def call(
     while the service is still starting; waiting is safe for any method,
     since nothing has been sent before the connection is up.
     """
-    with Client(endpoint, timeout=timeout, connect_timeout=timeout) as client:
+    with Client(
+        endpoint, timeout=timeout, connect_timeout=timeout, keys=keys, server_role=server_role
+    ) as client:
         return client.call_args(method, args or {}, **kw)

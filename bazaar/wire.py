@@ -22,7 +22,7 @@ from bazaar.errors import BazaarError
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # one request or reply, application limit
-SOCKET_MAX_MESSAGE_BYTES = 4 << 20  # ZMQ_MAXMSGSIZE: larger frames drop the peer
+SOCKET_MAX_MESSAGE_BYTES = 2 << 20  # ZMQ_MAXMSGSIZE: larger frames drop the peer
 MAX_COLLECTION_LEN = 100_000  # items in any one array or map
 MAX_METHOD_LEN = 128
 
@@ -58,6 +58,14 @@ def pack(value: Any) -> bytes:
 def is_int(value: Any) -> bool:
     """True for real integers; bools are not integers on this wire."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+MAX_EPOCH = 2**53 - 1  # SPEC section 2: exact in any JSON reader, far from any overflow
+
+
+def is_epoch(value: Any) -> bool:
+    """An election epoch: an integer in 1..2^53-1."""
+    return is_int(value) and 1 <= value <= MAX_EPOCH
 
 
 class Request(NamedTuple):  # a NamedTuple: built per request, so cheap to build

@@ -1,18 +1,43 @@
-"""Shared fixtures: free ports, wait_until, zmq sockets that always close.
+"""Shared fixtures: free ports, wait_until, zmq sockets that always close, the cluster's keys.
 
 Modelled on pyzmq's own test fixtures: every socket has LINGER 0 and is closed
 at teardown, every receive has a timeout, so a broken test fails instead of
 hanging or leaking.
+
+Security is on in every test (SPEC section 2): one set of cluster keys is made
+for the session in KEYS_DIR, BAZAAR_KEYS_DIR points at it (so services, the
+CLI and subprocesses find it) and BAZAAR_INSECURE is cleared; only tests of
+insecure mode set it again.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 
 import pytest
 import zmq
+
+from bazaar import security
+
+KEYS_DIR = Path(tempfile.mkdtemp(prefix="bazaar-test-keys-"))
+security.init_keys(KEYS_DIR)
+atexit.register(shutil.rmtree, KEYS_DIR, True)
+os.environ["BAZAAR_KEYS_DIR"] = str(KEYS_DIR)
+os.environ.pop("BAZAAR_INSECURE", None)
+
+
+@cache
+def keys_for(role: str) -> security.Keys:
+    """The session's key pair of `role` (catalog, order1-3, frontend, client)."""
+    return security.load_keys(KEYS_DIR, role)
 
 
 def free_port() -> int:
@@ -52,12 +77,19 @@ def zctx():
 
 @pytest.fixture
 def make_socket(zctx):
-    """Factory for raw zmq sockets (LINGER 0), all closed at teardown."""
+    """Factory for raw zmq sockets (LINGER 0), all closed at teardown.
+
+    They are CurveZMQ clients speaking as `role` to the holder of `server`'s
+    key (the demo server and the catalog hold the catalog's); role=None makes
+    a plaintext socket.
+    """
     made: list[zmq.Socket] = []
 
-    def factory(kind: int) -> zmq.Socket:
+    def factory(kind: int, role: str | None = "frontend", server: str = "catalog") -> zmq.Socket:
         sock = zctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if role is not None:
+            security.secure_client(sock, keys_for(role), server)
         made.append(sock)
         return sock
 

@@ -28,12 +28,22 @@ from typing import Any
 
 import zmq
 
-from bazaar import metrics, rpc, wire
+from bazaar import metrics, rpc, security, wire
 from bazaar.catalog.store import Catalog
 from bazaar.config import Config
 
 log = logging.getLogger(__name__)
 
+# Who may call what (SPEC section 2); the roles are ZAP User-Ids.
+REPLICAS = frozenset({"order1", "order2", "order3"})
+READERS = frozenset({"frontend", "client"}) | REPLICAS
+ROLES = {
+    "lookup": READERS,
+    "list_stocks": READERS,
+    "trade": REPLICAS,
+    "fence": REPLICAS,
+    "trades_since": REPLICAS,
+}
 HEARTBEAT_INTERVAL = 1.0
 
 
@@ -59,13 +69,23 @@ class Publisher:
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         context: zmq.Context | None = None,
+        keys: security.Keys | None = None,
     ):
         self.boot = os.urandom(8).hex()  # not `secrets`: it pulls in OpenSSL (~4 MB)
         self.heartbeat_interval = heartbeat_interval
-        self._sock = rpc.harden((context or zmq.Context.instance()).socket(zmq.PUB))
+        self._ctx = context or zmq.Context.instance()
+        self._keys = keys
+        self._sock = rpc.harden(self._ctx.socket(zmq.PUB))
         # Bound here, so a taken port fails the start; the socket then moves to
         # the publisher thread (thread start is the memory barrier zmq asks for).
-        self.endpoint, self.port = _bind(self._sock, endpoint)
+        try:
+            if keys is not None:  # only the front end's key may subscribe
+                security.authenticators.acquire(self._ctx, keys)
+                security.secure_server(self._sock, keys, security.PUB_DOMAIN)
+            self.endpoint, self.port = _bind(self._sock, endpoint)
+        except BaseException:
+            self._close()
+            raise
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="catalog-pub", daemon=True)
 
@@ -82,7 +102,13 @@ class Publisher:
         if self._thread.is_alive():
             self._thread.join(timeout)
         else:
-            self._sock.close(0)
+            self._close()
+
+    def _close(self) -> None:
+        self._sock.close(0)
+        if self._keys is not None:
+            security.authenticators.release(self._ctx)
+            self._keys = None
 
     def _send(self, topic: bytes, body: dict[str, Any]) -> None:
         try:
@@ -108,7 +134,7 @@ class Publisher:
                 seq += 1
                 self._send(b"invalidate", {"seq": seq, "name": item, "boot": self.boot})
         finally:
-            self._sock.close(0)
+            self._close()
 
 
 class CatalogService:
@@ -128,17 +154,23 @@ class CatalogService:
         context: zmq.Context | None = None,
     ):
         self.config = config
+        keys = security.for_service(config.keys_path, config.insecure, "catalog")
         self.catalog = Catalog.open(config.data_dir)
         self.invalidations = 0
         try:
             self.publisher = Publisher(
-                rpc.bind_endpoint(config.catalog_pub),
+                config.bind(config.catalog_pub),
                 heartbeat_interval=heartbeat_interval,
                 context=context,
+                keys=keys,
             )
             try:
                 self.server = rpc.Server(
-                    rpc.bind_endpoint(config.catalog), service="catalog", context=context
+                    config.bind(config.catalog),
+                    service="catalog",
+                    context=context,
+                    keys=keys,
+                    info_roles=READERS,
                 )
             except BaseException:
                 self.publisher.stop()  # never started: just closes its socket
@@ -146,11 +178,11 @@ class CatalogService:
         except BaseException:
             self.catalog.close()
             raise
-        self.server.register("lookup", self.lookup, inline=True)
-        self.server.register("list_stocks", self.list_stocks, inline=True)
-        self.server.register("trade", self.trade)
-        self.server.register("fence", self.fence)
-        self.server.register("trades_since", self.trades_since)
+        self.server.register("lookup", self.lookup, inline=True, roles=ROLES["lookup"])
+        self.server.register("list_stocks", self.list_stocks, inline=True, roles=READERS)
+        self.server.register("trade", self.trade, roles=ROLES["trade"])
+        self.server.register("fence", self.fence, roles=ROLES["fence"])
+        self.server.register("trades_since", self.trades_since, roles=ROLES["trades_since"])
 
     # ---- addresses a client on this machine can connect to --------------
     @property

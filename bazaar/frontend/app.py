@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
-from bazaar import metrics
+from bazaar import metrics, security
 from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.frontend.cache import InvalidationFeed, LookupCache
@@ -74,6 +75,9 @@ def create_app(
     (bench/http.py measures what they cost).
     """
     config = config or Config()
+    keys = None
+    if catalog is None or orders is None or cache is None:  # it talks to the cluster
+        keys = security.for_service(config.keys_path, config.insecure, "frontend")
     # The dashboard's files: bazaar/frontend/static, served under /static/.
     app = Flask("bazaar.frontend")
     # One byte of slack: werkzeug truncates a chunked body at this limit instead
@@ -81,14 +85,14 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     owned: list[Any] = []
     if catalog is None:
-        catalog = Client(config.catalog, timeout=LOOKUP_TIMEOUT)
+        catalog = Client(config.catalog, timeout=LOOKUP_TIMEOUT, keys=keys, server_role="catalog")
         owned.append(catalog)
     if cache is None:
         cache = LookupCache(config.cache_size)
         if cache.capacity:
-            owned.append(InvalidationFeed(config.catalog_pub, cache).start())
+            owned.append(InvalidationFeed(config.catalog_pub, cache, keys=keys).start())
     if orders is None:
-        orders = OrderRouter(config.order_replicas).start()
+        orders = OrderRouter(config.order_replicas, keys=keys).start()
         owned.append(orders)
     monitor = ClusterMonitor(catalog, orders, cache).start()
     owned.append(monitor)
@@ -232,10 +236,35 @@ def close_app(app: Flask) -> None:
         (getattr(thing, "stop", None) or thing.close)()
 
 
+# What a user reads for a failure that is not theirs to fix. The RPC message
+# behind it may name hosts, files or exceptions, so it goes to the log only,
+# under a request id the user can quote.
+PUBLIC_MESSAGES = {
+    503: "the service is temporarily unavailable; please retry",
+    504: "the service did not answer in time; please retry",
+}
+# Internal-only codes: the front end's own role was refused, a misconfiguration.
+INTERNAL_ONLY = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+
+
+def request_id() -> str:
+    return os.urandom(6).hex()
+
+
+def public_error(err: BazaarError) -> tuple[int, str]:
+    """(HTTP status, message for the user) of an error; server-side ones are logged."""
+    status = 500 if err.code in INTERNAL_ONLY else err.http_status
+    if status < 500:
+        return status, err.message
+    rid = request_id()
+    log.warning("request %s failed: %s: %s", rid, err.code, err.message)
+    return status, f"{PUBLIC_MESSAGES.get(status, 'internal error')} (request id {rid})"
+
+
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(BazaarError)
     def bazaar_error(err: BazaarError):
-        return error_response(err.http_status, err.message)
+        return error_response(*public_error(err))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -256,8 +285,11 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unexpected error on %s %s", request.method, request.path[:200])
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        rid = request_id()
+        log.exception(
+            "request %s: unexpected error on %s %s", rid, request.method, request.path[:200]
+        )
+        return error_response(500, f"internal error (request id {rid})")
 
 
 def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from bazaar import wire
+from bazaar import security, wire
 from bazaar.rpc import harden
 
 log = logging.getLogger(__name__)
@@ -193,8 +193,10 @@ class InvalidationFeed:
         *,
         silence: float = SILENCE_FLUSH_SECONDS,
         context: zmq.Context | None = None,
+        keys: security.Keys | None = None,
     ):
         self.endpoint = endpoint
+        self.keys = keys  # CurveZMQ to the catalog's PUB (None: plaintext)
         self.state = FeedState(cache, silence)
         self._ctx = context or zmq.Context.instance()
         self._stop = threading.Event()
@@ -216,6 +218,8 @@ class InvalidationFeed:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         sock.setsockopt(zmq.SUBSCRIBE, b"invalidate")
         sock.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+        if self.keys is not None:
+            security.secure_client(sock, self.keys, "catalog")
         sock.connect(self.endpoint)
         try:
             while not self._stop.is_set():

@@ -43,6 +43,7 @@ from typing import Any
 
 from bazaar.errors import BazaarError
 from bazaar.rpc import Client
+from bazaar.security import Keys, replica_role
 from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class OrderRouter:
         status_timeout: float = 1.0,
         set_leader_timeout: float = 5.0,
         monitor_interval: float = 1.0,
+        keys: Keys | None = None,
     ):
         self.deadline = deadline
         self.call_timeout = call_timeout
@@ -99,7 +101,8 @@ class OrderRouter:
         self.set_leader_timeout = set_leader_timeout
         self.monitor_interval = monitor_interval
         self.clients = {
-            rid: Client(ep, timeout=call_timeout) for rid, ep in sorted(replicas.items())
+            rid: Client(ep, timeout=call_timeout, keys=keys, server_role=replica_role(rid))
+            for rid, ep in sorted(replicas.items())
         }
         self._current: tuple[int | None, int] = (None, 0)
         self._election_lock = threading.Lock()

@@ -180,7 +180,8 @@ def run(config: Config, stop: threading.Event, ready: Callable[[int], None] | No
     """Role entry point: build the app, serve until `stop`, release everything."""
     app = create_app(config)
     try:
-        serve(app, "0.0.0.0", config.http_port, stop, ready)
+        host = "0.0.0.0" if config.bind_host == "*" else config.bind_host
+        serve(app, host, config.http_port, stop, ready)
     finally:
         close_app(app)
         log.info("front end stopped")

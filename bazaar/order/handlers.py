@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from bazaar import wire
+from bazaar import rpc, security, wire
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.order import replication as rep
 from bazaar.order.commit import Waiter, budget
@@ -39,6 +39,34 @@ def check_order_args(key, name, type, quantity) -> None:
         raise invalid("type must be 'buy' or 'sell'")
     if not wire.is_int(quantity) or quantity <= 0:
         raise invalid("quantity must be an integer > 0")
+
+
+def method_roles(replica_id: int, replicas) -> dict[str, frozenset[str]]:
+    """Who may call what on replica `replica_id` (SPEC section 2; roles are ZAP User-Ids)."""
+    peers = frozenset(security.replica_role(r) for r in replicas if r != replica_id)
+    everyone = frozenset({"frontend", "client"}) | {security.replica_role(r) for r in replicas}
+    return {
+        "order": frozenset({"frontend"}),
+        "set_leader": frozenset({"frontend"}),
+        "get_order": everyone,
+        "status": everyone,
+        "replicate": peers,
+        "catch_up": peers,
+    }
+
+
+def check_epoch(epoch) -> None:
+    if not wire.is_epoch(epoch):
+        raise invalid(f"epoch must be an integer from 1 to {wire.MAX_EPOCH}")
+
+
+def check_leader(leader, replicas) -> None:
+    """`leader` names a replica, and a replica's key speaks only for itself."""
+    if not wire.is_int(leader) or leader not in replicas:
+        raise invalid(f"leader must be one of {sorted(replicas)}")
+    role = rpc.caller()
+    if role is not None and role != security.replica_role(leader):
+        raise BazaarError("PERMISSION_DENIED", f"{role} cannot speak for order{leader}")
 
 
 class Handlers:
@@ -153,8 +181,7 @@ class Handlers:
     def rpc_set_leader(self, leader, epoch):
         if not wire.is_int(leader) or leader not in self.endpoints:
             raise invalid(f"leader must be one of {sorted(self.endpoints)}")
-        if not wire.is_int(epoch) or epoch < 1:
-            raise invalid("epoch must be an integer >= 1")
+        check_epoch(epoch)
         with self._lock:
             broken = time.monotonic() - self._disk_error_at < DISK_COOLDOWN
             if leader == self.id and self._disk_error is not None and broken:
@@ -171,8 +198,8 @@ class Handlers:
         return {"leader": leader, "epoch": epoch, "last_number": last if last >= 0 else None}
 
     def rpc_replicate(self, epoch, leader, records, prev_number=None, prev_epoch=None):
-        if not wire.is_int(epoch) or not wire.is_int(leader):
-            raise invalid("epoch and leader must be integers")
+        check_epoch(epoch)
+        check_leader(leader, self.endpoints)
         batch = parse_records(records)
         if prev_number is None:
             prev_number = batch[0].number - 1 if batch else -1
@@ -195,8 +222,8 @@ class Handlers:
         limit = CATCH_UP_LIMIT if not wire.is_int(limit) else max(1, min(limit, CATCH_UP_LIMIT))
         with self._lock:
             if epoch is not None:
-                if not wire.is_int(epoch) or not wire.is_int(leader):
-                    raise invalid("epoch and leader must be integers")
+                check_epoch(epoch)
+                check_leader(leader, self.endpoints)
                 try:
                     self._accept_epoch(epoch, leader)
                     self._perform(self.machine.on_promise(leader, epoch))

@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from bazaar import rpc
+from bazaar import rpc, security
 from bazaar.order import replication as rep
 
 log = logging.getLogger("bazaar.order.service")
@@ -31,7 +31,15 @@ class ReplicationLink:
             self._wake_w.send(b"x")
 
     def _replication_loop(self) -> None:
-        links = {p: rpc.Pipeline(self.endpoints[p], context=self._ctx) for p in self.peers}
+        links = {
+            p: rpc.Pipeline(
+                self.endpoints[p],
+                context=self._ctx,
+                keys=self.keys,
+                server_role=security.replica_role(p),
+            )
+            for p in self.peers
+        }
         poller = zmq.Poller()
         by_socket = {}
         for peer, link in links.items():

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import zmq
 
-from bazaar import metrics, rpc
+from bazaar import metrics, rpc, security
 from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.order import replication as rep
 from bazaar.order.commit import GroupCommit, Waiter
-from bazaar.order.handlers import CATALOG_TIMEOUT, Handlers
+from bazaar.order.handlers import CATALOG_TIMEOUT, Handlers, method_roles
 from bazaar.order.link import ReplicationLink
 from bazaar.order.log import OrderLog
 from bazaar.order.recovery import PEER_TIMEOUT, Recovery
@@ -56,8 +56,11 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self.endpoints = dict(config.order_replicas)
         self.peers = [p for p in self.endpoints if p != self.id]
         self.data_dir = Path(config.data_dir)
+        self.keys = security.for_service(
+            config.keys_path, config.insecure, security.replica_role(self.id)
+        )
         self._ctx = context or zmq.Context.instance()
-        self._endpoint = endpoint or rpc.bind_endpoint(self.endpoints[self.id])
+        self._endpoint = endpoint or config.bind(self.endpoints[self.id])
         self._follower_timeout = follower_timeout
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # log, durability, roles
@@ -74,9 +77,21 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._disk_errors = 0
         self._disk_error_at = float("-inf")
         self._threads: list[threading.Thread] = []
-        self.catalog = rpc.Client(config.catalog, timeout=CATALOG_TIMEOUT, context=self._ctx)
+        self.catalog = rpc.Client(
+            config.catalog,
+            timeout=CATALOG_TIMEOUT,
+            context=self._ctx,
+            keys=self.keys,
+            server_role="catalog",
+        )
         self.peer_clients = {
-            p: rpc.Client(self.endpoints[p], timeout=PEER_TIMEOUT, context=self._ctx)
+            p: rpc.Client(
+                self.endpoints[p],
+                timeout=PEER_TIMEOUT,
+                context=self._ctx,
+                keys=self.keys,
+                server_role=security.replica_role(p),
+            )
             for p in self.peers
         }
 
@@ -104,13 +119,29 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
             # what we have, like any lagging follower; the leader's stream, or
             # our own recovery if we are elected, brings the rest.
             log.warning("order %s: start-up catch-up incomplete: %s", self.id, err.message)
-        self.server = rpc.Server(self._endpoint, service="order", replica_id=self.id, workers=48)
+        roles = method_roles(self.id, self.endpoints)
+        self.server = rpc.Server(
+            self._endpoint,
+            service="order",
+            replica_id=self.id,
+            workers=48,
+            keys=self.keys,
+            info_roles=roles["status"],
+        )
         self.endpoint = self.server.endpoint
-        for name in ("order", "get_order", "set_leader", "replicate", "catch_up", "status"):
+        for name, callers in roles.items():
             # `replicate` runs on the server's I/O thread: batches are applied in
             # the order they arrive (no reordering by the worker pool), and the
-            # write it does is one short group-committed fsync.
-            self.server.register(name, getattr(self, f"rpc_{name}"), inline=name == "replicate")
+            # write it does is one short group-committed fsync. `catch_up` builds
+            # pages of up to ~768 KB: a peer needs one at a time, so a flood from
+            # one key gets RESOURCE_EXHAUSTED instead of every worker.
+            self.server.register(
+                name,
+                getattr(self, f"rpc_{name}"),
+                inline=name == "replicate",
+                roles=callers,
+                per_caller=2 if name == "catch_up" else None,
+            )
         self._spawn(self._replication_loop, "replication")
         self._spawn(self._leader_loop, "leader")
         self.server.start()

@@ -3,12 +3,15 @@ import threading
 import pytest
 
 from bazaar.rpc import Client, Server
+from tests.conftest import keys_for
 
 
 @pytest.fixture
 def server():
-    """A demo RPC server on a random port with a few test methods."""
-    srv = Server("tcp://127.0.0.1:0", service="demo", replica_id=7, workers=4)
+    """A demo RPC server on a random port with a few test methods (CurveZMQ, the catalog's key)."""
+    srv = Server(
+        "tcp://127.0.0.1:0", service="demo", replica_id=7, workers=4, keys=keys_for("catalog")
+    )
     calls = {"slow": 0, "flaky": 0}
     lock = threading.Lock()
     release = threading.Event()
@@ -38,6 +41,6 @@ def server():
 
 @pytest.fixture
 def client(server):
-    c = Client(server.endpoint, timeout=2.0)
+    c = Client(server.endpoint, timeout=2.0, keys=keys_for("frontend"), server_role="catalog")
     yield c
     c.close()

@@ -16,7 +16,7 @@ from bazaar.catalog.market_csv import MarketFileError
 from bazaar.catalog.service import CatalogService
 from bazaar.config import Config
 from bazaar.errors import BazaarError
-from tests.conftest import free_port, wait_until
+from tests.conftest import KEYS_DIR, free_port, keys_for, wait_until
 
 SCARCE_MARKET = """name,price,quantity,volume,max_volume
 Scarce,3.5,10,0,
@@ -26,7 +26,17 @@ GameStart,48.5,100,0,
 
 
 def config_for(data_dir) -> Config:
-    return Config(catalog="tcp://127.0.0.1:0", catalog_pub="tcp://127.0.0.1:0", data_dir=data_dir)
+    return Config(
+        catalog="tcp://127.0.0.1:0",
+        catalog_pub="tcp://127.0.0.1:0",
+        data_dir=data_dir,
+        keys_dir=KEYS_DIR,
+    )
+
+
+def replica_client(endpoint: str, timeout: float) -> rpc.Client:
+    """A client with an order replica's key: the role that may trade and fence."""
+    return rpc.Client(endpoint, timeout=timeout, keys=keys_for("order1"), server_role="catalog")
 
 
 @pytest.fixture
@@ -46,7 +56,7 @@ def service(data_dir):
 
 @pytest.fixture
 def client(service):
-    c = rpc.Client(service.rpc_endpoint, timeout=10.0)
+    c = replica_client(service.rpc_endpoint, timeout=10.0)
     yield c
     c.close()
 
@@ -259,7 +269,7 @@ def test_each_applied_trade_is_invalidated_once(service, client, subscriber):
 
 def test_invalidation_comes_after_the_change_is_visible(service, client, subscriber):
     """A cache that drops its entry on invalidation and looks again must see the trade."""
-    lookups = rpc.Client(service.rpc_endpoint, timeout=10.0)
+    lookups = replica_client(service.rpc_endpoint, timeout=10.0)
     try:
         for i in range(20):
             client.call("trade", **trade_args(f"k{i}", "GameStart", "sell", 1))
@@ -301,13 +311,13 @@ def test_an_acknowledged_trade_is_in_the_database_at_once(service, client, data_
 def test_restart_keeps_state_and_announces_a_new_boot(data_dir):
     config = config_for(data_dir)
     with CatalogService(config) as first:
-        with rpc.Client(first.rpc_endpoint, timeout=10.0) as client:
+        with replica_client(first.rpc_endpoint, timeout=10.0) as client:
             client.call("fence", epoch=2)
             result = client.call("trade", **trade_args("k", "Scarce", quantity=4, epoch=2))
         first_boot = first.boot
     with CatalogService(config) as second:
         assert second.boot != first_boot
-        with rpc.Client(second.rpc_endpoint, timeout=10.0) as client:
+        with replica_client(second.rpc_endpoint, timeout=10.0) as client:
             assert client.call("lookup", name="Scarce")["quantity"] == 6
             assert client.call("trade", **trade_args("k", "Scarce", quantity=4, epoch=2)) == result
             assert client.call("fence", epoch=1) == {"epoch": 2, "leader": None}
@@ -335,11 +345,12 @@ def test_run_serves_until_stop_and_returns_promptly(data_dir):
         catalog=f"tcp://127.0.0.1:{port}",
         catalog_pub=f"tcp://127.0.0.1:{pub_port}",
         data_dir=data_dir,
+        keys_dir=KEYS_DIR,
     )
     stop = threading.Event()
     runner = threading.Thread(target=catalog_service.run, args=(config, stop), daemon=True)
     runner.start()
-    with rpc.Client(f"tcp://127.0.0.1:{port}", timeout=2.0) as client:
+    with replica_client(f"tcp://127.0.0.1:{port}", timeout=2.0) as client:
         wait_until(lambda: client.call("ping", idempotent=True), timeout=20, msg="catalog up")
         client.call("trade", **trade_args("k", "Scarce"))
     stopped_at = time.monotonic()

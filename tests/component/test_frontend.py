@@ -19,6 +19,7 @@ import msgpack
 import pytest
 import zmq
 
+from bazaar import security
 from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.frontend.app import create_app
@@ -26,7 +27,7 @@ from bazaar.frontend.cache import InvalidationFeed, LookupCache
 from bazaar.frontend.leader import OrderRouter
 from bazaar.frontend.server import serve
 from bazaar.rpc import Client, Server
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, keys_for, wait_until
 
 
 # ---- fakes ------------------------------------------------------------------
@@ -34,10 +35,13 @@ class FakeCatalog:
     def __init__(self, zctx):
         self.quantity = {"GameStart": 100, "FishCo": 100}
         self.lookups = 0
-        self.server = Server("tcp://127.0.0.1:0", service="catalog", context=zctx)
+        keys = keys_for("catalog")
+        self.server = Server("tcp://127.0.0.1:0", service="catalog", context=zctx, keys=keys)
         self.server.register("lookup", self.lookup)
         self.pub = zctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
+        # zctx's ZAP handler runs already: the Server above started it.
+        security.secure_server(self.pub, keys, security.PUB_DOMAIN)
         self.pub_port = self.pub.bind_to_random_port("tcp://127.0.0.1")
         self.seq = 0
         self.boot = "boot-1"
@@ -105,7 +109,13 @@ class FakeReplica:
         self.unavailable_orders = 0  # answer this many orders with UNAVAILABLE (catalog down)
         self.hang_after_commit = False
         self.paused = threading.Event()  # set: every handler hangs, like SIGSTOP
-        self.server = Server("tcp://127.0.0.1:0", service="order", replica_id=rid, context=zctx)
+        self.server = Server(
+            "tcp://127.0.0.1:0",
+            service="order",
+            replica_id=rid,
+            context=zctx,
+            keys=keys_for(f"order{rid}"),
+        )
         for name in ("order", "get_order", "set_leader", "status"):
             self.server.register(name, getattr(self, name))
         self.endpoint = self.server.endpoint
@@ -194,10 +204,16 @@ class FrontEnd:
             http_port=self.port,
         )
         self.cache = LookupCache(cache_size)
-        self.feed = InvalidationFeed(self.config.catalog_pub, self.cache, silence=0.6).start()
-        self.catalog_client = Client(self.config.catalog, timeout=2.0)
+        keys = keys_for("frontend")
+        self.feed = InvalidationFeed(
+            self.config.catalog_pub, self.cache, silence=0.6, keys=keys
+        ).start()
+        self.catalog_client = Client(
+            self.config.catalog, timeout=2.0, keys=keys, server_role="catalog"
+        )
         self.router = OrderRouter(
             self.config.order_replicas,
+            keys=keys,
             deadline=deadline,
             call_timeout=0.8,
             status_timeout=0.4,

@@ -18,12 +18,12 @@ from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.order.log import db_path, disk_error, read_only_rows
 from bazaar.order.service import OrderReplica
-from tests.conftest import free_port, wait_until
+from tests.conftest import KEYS_DIR, free_port, keys_for, wait_until
 
 
 class FakeCatalog:
     def __init__(self):
-        self.server = rpc.Server("tcp://127.0.0.1:0", service="catalog")
+        self.server = rpc.Server("tcp://127.0.0.1:0", service="catalog", keys=keys_for("catalog"))
         self.lock = threading.Lock()
         self.trades: list[dict] = []
         self.by_key: dict[str, dict] = {}
@@ -83,7 +83,10 @@ class Trio:
         self.catalog = catalog
         self.endpoints = {rid: f"tcp://127.0.0.1:{free_port()}" for rid in (1, 2, 3)}
         self.replicas: dict[int, OrderReplica] = {}
-        self.clients = {rid: rpc.Client(e, timeout=5) for rid, e in self.endpoints.items()}
+        self.clients = {  # the front end's role: order, set_leader, status, get_order
+            rid: rpc.Client(e, timeout=5, keys=keys_for("frontend"), server_role=f"order{rid}")
+            for rid, e in self.endpoints.items()
+        }
         self.epoch = 0
 
     def config(self, rid: int) -> Config:
@@ -92,6 +95,7 @@ class Trio:
             order_replicas=self.endpoints,
             order_id=rid,
             data_dir=self.root / f"order{rid}",
+            keys_dir=KEYS_DIR,
         )
 
     def start(self, rid: int) -> OrderReplica:
@@ -188,8 +192,13 @@ def test_stale_epoch_is_aborted(trio):
     with pytest.raises(BazaarError) as err:
         trio.clients[2].call("set_leader", leader=1, epoch=2)
     assert err.value.code == "ABORTED"
-    with pytest.raises(BazaarError) as err:
-        trio.clients[2].call("replicate", epoch=1, leader=3, records=[])
+    with (
+        rpc.Client(
+            trio.endpoints[2], timeout=5, keys=keys_for("order3"), server_role="order2"
+        ) as leader3,
+        pytest.raises(BazaarError) as err,
+    ):
+        leader3.call("replicate", epoch=1, leader=3, records=[])
     assert err.value.code == "ABORTED"
 
 

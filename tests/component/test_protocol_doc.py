@@ -1,4 +1,4 @@
-"""docs/protocol.md's raw pyzmq example runs, unchanged, against a real server."""
+"""docs/protocol.md's raw pyzmq example runs, unchanged, against the real catalog (CurveZMQ)."""
 
 import contextlib
 import io
@@ -7,7 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bazaar.catalog.service import CatalogService
 from bazaar.cli import main
+from bazaar.config import Config
+from tests.conftest import KEYS_DIR
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -16,28 +19,46 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 
 
-def test_raw_pyzmq_example_from_the_doc(server):
+def run_example(endpoint: str, keys) -> str:
     (example,) = python_blocks()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(example, str(DOC), "exec"), {"ENDPOINT": server.endpoint})
-    assert "'service': 'demo'" in out.getvalue()
+        exec(compile(example, str(DOC), "exec"), {"ENDPOINT": endpoint, "KEYS": str(keys)})
+    return out.getvalue()
+
+
+def test_raw_pyzmq_example_from_the_doc(tmp_path):
+    config = Config(
+        catalog="tcp://127.0.0.1:0",
+        catalog_pub="tcp://127.0.0.1:0",
+        data_dir=tmp_path / "catalog",
+        keys_dir=KEYS_DIR,
+    )
+    with CatalogService(config) as catalog:
+        assert "'service': 'catalog'" in run_example(catalog.rpc_endpoint, KEYS_DIR)
+        # The same script with keys that are not the cluster's gets no answer at all.
+        from bazaar import security
+
+        security.init_keys(tmp_path / "other")
+        assert run_example(catalog.rpc_endpoint, tmp_path / "other") == ""
 
 
 def test_cli_call_prints_json(server):
-    result = CliRunner().invoke(main, ["call", server.endpoint, "echo", "value=[1, 2]"])
+    result = CliRunner().invoke(
+        main, ["call", "--server", "catalog", server.endpoint, "echo", "value=[1, 2]"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.split() == ["[", "1,", "2", "]"]
 
 
 def test_cli_call_ping(server):
-    result = CliRunner().invoke(main, ["call", server.endpoint, "ping"])
+    result = CliRunner().invoke(main, ["call", "--server", "catalog", server.endpoint, "ping"])
     assert result.exit_code == 0
     assert '"service": "demo"' in result.output
 
 
 def test_cli_call_error_exit_status_and_code(server):
-    result = CliRunner().invoke(main, ["call", server.endpoint, "nope"])
+    result = CliRunner().invoke(main, ["call", "--server", "catalog", server.endpoint, "nope"])
     assert result.exit_code == 1
     assert "UNIMPLEMENTED" in result.stderr
 
@@ -46,13 +67,17 @@ def test_cli_call_timeout():
     from tests.conftest import free_port
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    result = CliRunner().invoke(main, ["call", endpoint, "ping", "--timeout", "0.2"])
+    result = CliRunner().invoke(
+        main, ["call", "--server", "catalog", endpoint, "ping", "--timeout", "0.2"]
+    )
     assert result.exit_code == 1
     assert "UNAVAILABLE" in result.stderr
 
 
 def test_cli_call_rejects_malformed_arguments(server):
-    result = CliRunner().invoke(main, ["call", server.endpoint, "echo", "novalue"])
+    result = CliRunner().invoke(
+        main, ["call", "--server", "catalog", server.endpoint, "echo", "novalue"]
+    )
     assert result.exit_code == 2
     assert "key=value" in result.output
 
@@ -61,14 +86,19 @@ def test_cli_call_waits_for_a_service_that_is_still_starting():
     import threading
 
     from bazaar.rpc import Server
-    from tests.conftest import free_port
+    from tests.conftest import free_port, keys_for
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     servers = []
-    later = threading.Timer(1.0, lambda: servers.append(Server(endpoint, service="late").start()))
+    later = threading.Timer(
+        1.0,
+        lambda: servers.append(Server(endpoint, service="late", keys=keys_for("catalog")).start()),
+    )
     later.start()
     try:
-        result = CliRunner().invoke(main, ["call", endpoint, "ping", "--timeout", "10"])
+        result = CliRunner().invoke(
+            main, ["call", "--server", "catalog", endpoint, "ping", "--timeout", "10"]
+        )
     finally:
         later.join()
         for srv in servers:

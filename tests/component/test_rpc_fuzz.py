@@ -13,7 +13,7 @@ import zmq
 
 from bazaar import wire
 from bazaar.rpc import Client
-from tests.conftest import recv_with_timeout
+from tests.conftest import keys_for, recv_with_timeout
 
 SEED = random.randrange(1 << 30)
 
@@ -115,7 +115,14 @@ def test_ten_thousand_malformed_frames(server, make_socket):
     assert checked == 10200
 
     # Oversized: over the application limit gets an error reply ...
-    big = msgpack.packb({"v": 1, "id": 1, "method": "echo", "args": {"value": b"x" * (2 << 20)}})
+    big = msgpack.packb(
+        {
+            "v": 1,
+            "id": 1,
+            "method": "echo",
+            "args": {"value": b"x" * (wire.MAX_MESSAGE_BYTES + 1000)},
+        }
+    )
     dealer.send_multipart([b"", big])
     reply = msgpack.unpackb(recv_with_timeout(dealer, 5)[-1], raw=False)
     assert reply["error"]["code"] == "INVALID_ARGUMENT"
@@ -124,7 +131,7 @@ def test_ten_thousand_malformed_frames(server, make_socket):
     huge.connect(server.endpoint)
     huge.send_multipart([b"", b"\x00" * (wire.SOCKET_MAX_MESSAGE_BYTES + 1)])
 
-    with Client(server.endpoint) as client:
+    with Client(server.endpoint, keys=keys_for("client"), server_role="catalog") as client:
         assert client.call("echo", value="alive") == "alive"
         assert client.call("ping")["service"] == "demo"
 

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import KEYS_DIR, free_port, wait_until
 
 REPLICA_IDS = (1, 2, 3)
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
@@ -73,6 +73,7 @@ class Cluster:
             BAZAAR_CACHE_SIZE=str(self.cache_size),
             BAZAAR_HTTP_PORT=str(self.http_port),
             BAZAAR_LOG_LEVEL="INFO",
+            BAZAAR_KEYS_DIR=str(KEYS_DIR),  # CurveZMQ on, as in production
             PYTHONUNBUFFERED="1",
         )
         if name in self.metrics_ports:
@@ -192,6 +193,14 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+def rpc_client(endpoint: str, role: str, server: str, **kw):
+    """An rpc.Client speaking CurveZMQ as `role` to the holder of `server`'s key."""
+    from bazaar import rpc
+    from tests.conftest import keys_for
+
+    return rpc.Client(endpoint, keys=keys_for(role), server_role=server, **kw)
 
 
 def wait_for(cond, timeout: float = 10.0, msg: str = ""):

@@ -31,7 +31,7 @@ from bazaar import rpc
 from bazaar.catalog import export, store
 from bazaar.errors import BazaarError
 from tests.conftest import wait_until
-from tests.system.cluster import Cluster
+from tests.system.cluster import Cluster, rpc_client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
@@ -54,7 +54,8 @@ def wait_catalog_up(cluster: Cluster) -> None:
         proc = cluster.procs["catalog"]
         if proc.poll() is not None:
             pytest.fail(f"catalog exited with {proc.returncode}\n{cluster.logs()}")
-        return rpc.call(cluster.catalog_endpoint, "ping", timeout=1.0, idempotent=True)
+        with rpc_client(cluster.catalog_endpoint, "client", "catalog", timeout=1.0) as client:
+            return client.call("ping", idempotent=True)
 
     wait_until(answers, timeout=30, interval=0.1, msg="catalog answers ping")
 
@@ -64,7 +65,7 @@ class TradeStream(threading.Thread):
 
     def __init__(self, endpoint: str, prefix: str, seed: int):
         super().__init__(daemon=True)
-        self.client = rpc.Client(endpoint, timeout=3.0)
+        self.client = rpc_client(endpoint, "order1", "catalog", timeout=3.0)
         self.prefix = prefix
         self.rng = random.Random(seed)
         self.acknowledged: dict[str, dict] = {}  # key -> the trade's result
@@ -169,7 +170,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_trade(cluster, tmp_path):
 
         cluster.start("catalog")
         wait_catalog_up(cluster)
-        with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+        with rpc_client(cluster.catalog_endpoint, "order1", "catalog", timeout=10.0) as client:
             check_catalog(client, acknowledged, requests, set(stream.in_flight))
             # A retry of the unanswered trade settles it: applied once, whatever happened.
             for key, (name, trade_type, quantity) in stream.in_flight.items():
@@ -187,7 +188,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_trade(cluster, tmp_path):
 def test_sigterm_stops_promptly_and_keeps_the_trades(cluster):
     proc = cluster.start("catalog")
     wait_catalog_up(cluster)
-    with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+    with rpc_client(cluster.catalog_endpoint, "order1", "catalog", timeout=10.0) as client:
         client.call("trade", key="k", name="BoarCo", type="buy", quantity=7, epoch=1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.conftest import wait_until
-from tests.system.cluster import Cluster
+from tests.system.cluster import Cluster, rpc_client
 
 STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
 SESSIONS = 8
@@ -244,9 +244,8 @@ def test_paused_leader_is_fenced(cluster, trading):
     client_epoch = cluster.health()["data"]["order"]["epoch"]
 
     def deposed():
-        from bazaar import rpc
-
-        st = rpc.call(cluster.order_endpoints[old], "status", timeout=2)
+        with rpc_client(cluster.order_endpoints[old], "client", f"order{old}", timeout=2) as c:
+            st = c.call("status")
         return st["role"] == "follower" and st["epoch"] >= client_epoch
 
     wait_until(deposed, 30, 0.2, "the resumed old leader follows")

@@ -43,6 +43,7 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
         BAZAAR_HTTP_PORT=str(http_port),
         PYTHONUNBUFFERED="1",
     )
+    env.pop("BAZAAR_KEYS_DIR")  # a fresh clone: run-all makes them in <data dir>/keys
     proc = subprocess.Popen(
         [sys.executable, "-m", "bazaar.cli", "run-all"],
         env=env,
@@ -77,6 +78,11 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
                 pids[m.group(1)] = int(m.group(2))
         assert set(pids) == set(NAMES), lines[:10]
         assert all(alive(pid) for pid in pids.values())
+        # The cluster's keys were made on this first start, secrets for the owner only.
+        keys = tmp_path / "data" / "keys"
+        for role in ("catalog", "order1", "order2", "order3", "frontend", "client"):
+            assert (keys / f"{role}.key").is_file()
+            assert (keys / f"{role}.key_secret").stat().st_mode & 0o777 == 0o600
         # Logs are prefixed by service name.
         prefixes = {line.split("|", 1)[0].strip() for line in lines if "|" in line}
         assert {"order3", "frontend"} <= prefixes, lines[:20]
@@ -101,8 +107,11 @@ def test_a_service_failing_at_start_stops_the_run():
     out = io.StringIO()
     sup = Supervisor(
         [
-            ("ok", ["call", "--timeout", "30", "tcp://127.0.0.1:9", "ping"]),
-            ("bad", ["call", "--timeout", "0.2", "tcp://127.0.0.1:9", "ping"]),
+            ("ok", ["call", "--server", "catalog", "--timeout", "30", "tcp://127.0.0.1:9", "ping"]),
+            (
+                "bad",
+                ["call", "--server", "catalog", "--timeout", "0.2", "tcp://127.0.0.1:9", "ping"],
+            ),
         ],
         out=out,
     )
