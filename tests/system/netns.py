@@ -242,20 +242,24 @@ class NetCluster(Cluster):
         return self.net.call(super().http, method, path, body, headers, timeout)
 
     def rpc(self, endpoint: str, method: str, **args):
-        """One RPC call to a service, from inside the client's namespace."""
-        return self.net.call(_rpc_in_thread, endpoint, method, args)
+        """One RPC call to a service, from inside the client's namespace (role `client`)."""
+        servers = {ep: f"order{rid}" for rid, ep in self.order_endpoints.items()}
+        server = servers.get(endpoint, "catalog")
+        return self.net.call(_rpc_in_thread, endpoint, method, args, server)
 
 
-def _rpc_in_thread(endpoint: str, method: str, args: dict):
+def _rpc_in_thread(endpoint: str, method: str, args: dict, server: str):
     # A zmq context of its own, made on this thread: its I/O thread (which
     # opens the connections) then lives in this thread's namespace too.
     import zmq
 
     from bazaar import rpc
+    from tests.conftest import keys_for
 
     ctx = zmq.Context()
     try:
-        with rpc.Client(endpoint, timeout=2, context=ctx) as client:
+        keys = keys_for("client")
+        with rpc.Client(endpoint, timeout=2, context=ctx, keys=keys, server_role=server) as client:
             return client.call_args(method, args)
     finally:
         ctx.term()

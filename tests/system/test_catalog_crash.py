@@ -252,7 +252,7 @@ def test_full_disk_is_unavailable_and_loses_nothing(cluster, small_disk):
     requests: dict[str, tuple[str, str, int]] = {}
     unavailable: set[str] = set()
     rng = random.Random(7)
-    with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+    with rpc_client(cluster.catalog_endpoint, "order1", "catalog", timeout=10.0) as client:
 
         def trade(key: str) -> str:
             request = (rng.choice(STOCKS), "sell", rng.randint(1, 5))
@@ -290,7 +290,7 @@ def test_full_disk_is_unavailable_and_loses_nothing(cluster, small_disk):
     cluster.kill("catalog")
     cluster.start("catalog")
     wait_catalog_up(cluster)
-    with rpc.Client(cluster.catalog_endpoint, timeout=10.0) as client:
+    with rpc_client(cluster.catalog_endpoint, "order1", "catalog", timeout=10.0) as client:
         trades = check_catalog(client, acknowledged, requests, in_flight=set())
     assert len(trades) == len(acknowledged)
     log_text = (cluster.root / "catalog.log").read_text()
