@@ -42,10 +42,13 @@ LABEL org.opencontainers.image.title="stock-bazaar" \
       org.opencontainers.image.description="Stock Bazaar: catalog, order replicas and HTTP front end"
 
 # A fixed uid so named volumes and host bind mounts get predictable owners.
+# /keys: the cluster's CurveZMQ keys (docker-compose.yml's `keys` volume,
+# seeded bazaar-owned and 0700 from here).
 RUN groupadd --gid 10001 bazaar \
  && useradd --uid 10001 --gid bazaar --no-create-home --home-dir /data --shell /usr/sbin/nologin bazaar \
- && mkdir -p /data \
- && chown bazaar:bazaar /data
+ && mkdir -p /data /keys \
+ && chown bazaar:bazaar /data /keys \
+ && chmod 700 /keys
 
 COPY --from=build /opt/bazaar /opt/bazaar
 
@@ -54,11 +57,16 @@ COPY --from=build /opt/bazaar /opt/bazaar
 # MALLOC_ARENA_MAX=2: glibc gives each thread that allocates its own arena;
 # with worker pools that is a few MB of RSS per service for nothing
 # (docs/performance.md, Footprint).
+# BAZAAR_BIND_HOST=0.0.0.0: in a container the RPC ports must be reachable on
+# its network (outside an image the default is 127.0.0.1); BAZAAR_KEYS_DIR:
+# every internal socket is CurveZMQ with the keys there (docs/security.md).
 ENV PATH=/opt/bazaar/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2 \
     BAZAAR_DATA_DIR=/data \
+    BAZAAR_KEYS_DIR=/keys \
+    BAZAAR_BIND_HOST=0.0.0.0 \
     BAZAAR_HTTP_PORT=8080
 
 # Numeric, so runtimes (and Kubernetes runAsNonRoot) can tell it is not root.

@@ -190,13 +190,15 @@ class _Method:
     arg_names: tuple[str, ...]
     required: frozenset[str]
     roles: frozenset[str] | None  # None: any caller the ZAP handler admitted
+    per_caller: int | None  # calls one role may have running at once (None: no limit)
 
     @classmethod
-    def of(cls, func: Callable[..., Any], inline: bool, roles=None) -> _Method:
+    def of(cls, func: Callable[..., Any], inline: bool, roles=None, per_caller=None) -> _Method:
         params = inspect.signature(func).parameters.values()
         names = tuple(p.name for p in params)
         required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
-        return cls(func, inline, names, required, None if roles is None else frozenset(roles))
+        roles = None if roles is None else frozenset(roles)
+        return cls(func, inline, names, required, roles, per_caller)
 
     def check_args(self, method: str, args: dict[str, Any]) -> None:
         """Names only; a set check costs far less than inspect's bind()."""
@@ -247,6 +249,7 @@ class Server:
         self._max_pending = max_pending
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._running: dict[tuple[str, str | None], int] = {}  # (method, role) -> in flight
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pushers: list[zmq.Socket] = []
@@ -302,9 +305,13 @@ class Server:
         *,
         inline: bool = False,
         roles: Iterable[str] | None = None,
+        per_caller: int | None = None,
     ) -> None:
-        """`roles`: the callers (ZAP User-Ids) allowed; None admits every cluster key."""
-        self._methods[name] = _Method.of(func, inline, roles)
+        """`roles`: the callers (ZAP User-Ids) allowed; None admits every cluster key.
+        `per_caller`: how many calls of it one role may have running at once, for
+        costly methods (more is RESOURCE_EXHAUSTED): a flood from one key then
+        cannot take every worker and the CPU."""
+        self._methods[name] = _Method.of(func, inline, roles, per_caller)
 
     def method(
         self, name: str | None = None, *, inline: bool = False, roles: Iterable[str] | None = None
@@ -489,12 +496,18 @@ class Server:
         if method.inline:
             self._send([*envelope, self._execute(method, request, deadline, role)])
             return
+        slot = (request.method, role)
         with self._pending_lock:
-            if self._pending >= self._max_pending:
+            busy = self._pending >= self._max_pending
+            if method.per_caller is not None:
+                busy = busy or self._running.get(slot, 0) >= method.per_caller
+            if busy:
                 err = BazaarError("RESOURCE_EXHAUSTED", f"{self.service} is overloaded")
                 self._send([*envelope, wire.encode_error(request.id, err)])
                 return
             self._pending += 1
+            if method.per_caller is not None:
+                self._running[slot] = self._running.get(slot, 0) + 1
         self._pool.submit(self._run_in_worker, envelope, method, request, deadline, role)
 
     # ---- worker threads -----------------------------------------------
@@ -505,6 +518,12 @@ class Server:
             # Only after the reply is in the inproc queue (see _loop).
             with self._pending_lock:
                 self._pending -= 1
+                if method.per_caller is not None:
+                    slot = (request.method, role)
+                    if self._running[slot] <= 1:
+                        del self._running[slot]
+                    else:
+                        self._running[slot] -= 1
 
     def _push_reply(self, frames: list[bytes]) -> None:
         pusher = getattr(self._local, "pusher", None)

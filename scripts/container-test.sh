@@ -5,9 +5,13 @@
 #   1. the image builds from the Dockerfile (base: python:3.12-slim when a
 #      registry answers, else a debootstrap bookworm image, cached under
 #      $BAZAAR_BASE_CACHE) and runs as a non-root user without build tools;
-#   2. one role in a container stops on SIGTERM in well under a second;
-#   3. the five services come up and /health says ok;
-#   4. `bazaar load` with verification passes;
+#   2. one role in a container stops on SIGTERM in well under a second, and
+#      refuses to start without the cluster's keys;
+#   3. the one-shot `keys` service makes the keys (secrets 0600), the five
+#      services come up and /health says ok;
+#   4. `bazaar load` with verification passes; an intruder container on the
+#      compose network, without the keys, gets no answer from any internal
+#      port and changes nothing;
 #   5. killing the order leader's container: orders keep flowing (a load run
 #      across the kill passes verification) and no acknowledged order is lost;
 #   6. a crashed service (SIGKILL from the host) is restarted by its policy;
@@ -166,8 +170,15 @@ quick_stop() {  # container $1 (called $2) exits within 1 s of `podman stop`, cl
     [[ "$code" == 0 ]] || die "$2 exited with $code on SIGTERM"
 }
 
-say "PID 1 and SIGTERM: one catalog container"
-podman run -d --name "${PROJECT}-sig" "$IMAGE" catalog >/dev/null
+say "no keys, no service: the image's catalog refuses to start without them"
+nokeys="$(podman run --rm "$IMAGE" catalog 2>&1)" && die "the catalog started without keys: $nokeys"
+[[ "$(wc -l <<<"$nokeys")" == 1 && "$nokeys" == *"bazaar keys init"* ]] \
+    || die "no keys should be a one-line error naming 'bazaar keys init', got: $nokeys"
+say "  $nokeys"
+
+say "PID 1 and SIGTERM: one catalog container (keys made in the container)"
+podman run -d --name "${PROJECT}-sig" --entrypoint sh "$IMAGE" \
+    -c 'bazaar keys init /keys && exec bazaar catalog' >/dev/null
 for _ in $(seq 50); do
     podman exec "${PROJECT}-sig" bazaar call tcp://127.0.0.1:5555 ping >/dev/null 2>&1 && break
     [[ "$(podman inspect -f '{{.State.Running}}' "${PROJECT}-sig")" == true ]] || break
@@ -188,6 +199,17 @@ ctr() {  # container name of compose service $1
         --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1
 }
 for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
+
+keys_ctr="$(ctr keys)"
+[[ -n "$keys_ctr" ]] || die "no container for the keys service"
+[[ "$(podman inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$keys_ctr")" == "exited 0" ]] \
+    || { podman logs "$keys_ctr" >&2; die "the keys service did not complete successfully"; }
+keys_vol="$(podman inspect -f '{{range .Mounts}}{{if eq .Destination "/keys"}}{{.Source}}{{end}}{{end}}' "$keys_ctr")"
+for role in catalog order1 order2 order3 frontend client; do
+    [[ "$(stat -c %a "$keys_vol/$role.key_secret" 2>/dev/null)" == 600 ]] \
+        || die "$role.key_secret is missing from the keys volume or not 0600"
+done
+say "  keys made by the keys service: 6 pairs, secrets 0600"
 
 say "wait for /health ok"
 t_up=$SECONDS
@@ -219,6 +241,20 @@ say "bazaar load (verified)"
 "$VENV/bin/bazaar" load --url "$URL" --sessions 8 --requests 100 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
     || { cat "$WORK/load1.log" >&2; die "load run failed verification"; }
 grep -E '^(lookup|order|get_order)|verif' "$WORK/load1.log" | sed 's/^/    /' >&2 || true
+
+say "an intruder on the compose network without the keys: no answer, nothing changed"
+net="$(podman inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(ctr catalog)" | awk '{print $1}')"
+[[ -n "$net" ]] || die "cannot find the stack's network"
+"${CHECK[@]}" snapshot "$URL" >"$WORK/snap-before.json" || die "snapshot failed"
+podman run --rm --network "$net" --volume "$ROOT/scripts/container_attack.py:/attack.py:ro" \
+    --entrypoint python3 "$IMAGE" /attack.py --pub catalog:5556 \
+    catalog:5555 order1:5561 order2:5562 order3:5563 >"$WORK/attack.json" 2>&1 \
+    || { cat "$WORK/attack.json" >&2; die "an internal port answered a container without the keys"; }
+sed 's/^/    /' "$WORK/attack.json" >&2
+"${CHECK[@]}" snapshot "$URL" >"$WORK/snap-after.json" || die "snapshot failed"
+cmp -s "$WORK/snap-before.json" "$WORK/snap-after.json" \
+    || { diff "$WORK/snap-before.json" "$WORK/snap-after.json" >&2; die "the intruder changed the market or the leader"; }
+"${CHECK[@]}" place "$URL" 3 "$WORK/after-intruder.json" >&2 || die "orders do not flow after the intruder"
 
 say "footprint after the mixed load (RSS and PSS of each container's processes)"
 for s in catalog order1 order2 order3 frontend; do

@@ -10,6 +10,7 @@ fails, so the shell script can stay a plain sequence of steps.
     verify URL FILE                                    every order in FILE reads back the same
     wait-synced URL [--timeout S]                      all replicas up, same last_number
     same-files F1 F2 ...                               byte-identical files
+    snapshot URL                                       the market and the leader, as JSON
 """
 
 from __future__ import annotations
@@ -162,6 +163,22 @@ def cmd_wait_synced(args) -> int:
     return 1
 
 
+def cmd_snapshot(args) -> int:
+    """The four stocks and (leader, epoch): what an intruder must not change."""
+    stocks = {}
+    for name in STOCKS:
+        status, body = http("GET", f"{args.url}/stocks/{name}")
+        if status != 200:
+            print(f"GET /stocks/{name}: {status} {body}", file=sys.stderr)
+            return 1
+        stocks[name] = body["data"]
+    _, data = health(args.url)
+    order = (data or {}).get("order") or {}
+    snap = {"stocks": stocks, "leader": order.get("leader"), "epoch": order.get("epoch")}
+    print(json.dumps(snap, sort_keys=True))
+    return 0
+
+
 def cmd_same_files(args) -> int:
     digests = {}
     for path in args.files:
@@ -197,6 +214,9 @@ def main(argv=None) -> int:
     p.add_argument("url")
     p.add_argument("--timeout", type=float, default=90)
     p.set_defaults(func=cmd_wait_synced)
+    p = sub.add_parser("snapshot")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_snapshot)
     p = sub.add_parser("same-files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_same_files)
