@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bazaar import rpc  # noqa: E402
+from bazaar import rpc, security  # noqa: E402
 from bazaar.errors import BazaarError  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -47,7 +47,8 @@ def serve_fake_catalog(port: int) -> None:
     trades: list[dict] = []
     by_key: dict[str, dict] = {}
     fenced = [0]
-    server = rpc.Server(f"tcp://127.0.0.1:{port}", service="catalog", workers=16)
+    keys = security.load_keys(os.environ["BAZAAR_KEYS_DIR"], "catalog")
+    server = rpc.Server(f"tcp://127.0.0.1:{port}", service="catalog", workers=16, keys=keys)
 
     stocks = {name: [100, 0] for name in STOCKS}  # quantity, volume
 
@@ -105,6 +106,8 @@ class Deployment:
         self.endpoints = {rid: f"tcp://127.0.0.1:{free_port()}" for rid in range(1, replicas + 1)}
         self.procs: dict[str, subprocess.Popen] = {}
         self.catalog_kind = catalog
+        self.keys_dir = root / "keys"  # CurveZMQ, as deployed
+        security.init_keys(self.keys_dir)
 
     def env(self, name: str) -> dict:
         env = dict(os.environ)
@@ -113,6 +116,7 @@ class Deployment:
             BAZAAR_CATALOG_PUB=f"tcp://127.0.0.1:{free_port()}",
             BAZAAR_ORDER_REPLICAS=",".join(f"{r}={e}" for r, e in self.endpoints.items()),
             BAZAAR_DATA_DIR=str(self.root / name),
+            BAZAAR_KEYS_DIR=str(self.keys_dir),
             BAZAAR_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         )
         return env
@@ -133,7 +137,9 @@ class Deployment:
         for rid in self.endpoints:
             self.start(f"order{rid}")
         for endpoint in [self.catalog_endpoint, *self.endpoints.values()]:
-            wait_ping(endpoint)
+            role = "catalog" if endpoint == self.catalog_endpoint else None
+            role = role or f"order{next(r for r, e in self.endpoints.items() if e == endpoint)}"
+            wait_ping(endpoint, security.load_keys(self.keys_dir, "client"), role)
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
@@ -150,11 +156,11 @@ class Deployment:
                 p.kill()
 
 
-def wait_ping(endpoint: str, timeout: float = 20.0) -> None:
+def wait_ping(endpoint: str, keys, server_role: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            rpc.call(endpoint, "ping", timeout=0.5)
+            rpc.call(endpoint, "ping", timeout=0.5, keys=keys, server_role=server_role)
             return
         except BazaarError:
             if time.monotonic() > deadline:
@@ -165,7 +171,7 @@ def wait_ping(endpoint: str, timeout: float = 20.0) -> None:
 def make_router(dep: Deployment):
     from bazaar.frontend.leader import OrderRouter
 
-    router = OrderRouter(dep.endpoints).start()
+    router = OrderRouter(dep.endpoints, keys=security.load_keys(dep.keys_dir, "frontend")).start()
     deadline = time.monotonic() + 20
     while router.leader is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,9 +1,11 @@
-"""RPC benchmark: our Client -> Server `ping` beside a raw pyzmq DEALER/ROUTER echo.
+"""RPC benchmark: our Client -> Server `ping`, plaintext and CurveZMQ, beside a raw pyzmq echo.
 
-Both servers run in their own process (so client and server do not share a
-GIL) on 127.0.0.1, and both carry the same request payload. Prints one table:
+Every server runs in its own process (so client and server do not share a
+GIL) on 127.0.0.1, and all carry the same request payload. Prints one table:
 round-trip latency p50/p99 and throughput for one synchronous caller, 16
-threads sharing one client, and a pipelined caller (64 requests in flight).
+threads sharing one client, and a pipelined caller (64 requests in flight),
+for raw pyzmq, bazaar.rpc in plaintext (BAZAAR_INSECURE) and bazaar.rpc with
+CurveZMQ and roles (the default), and the cost of security (CURVE / plain).
 
     .venv/bin/python bench/rpc.py [--calls 20000]
 """
@@ -12,14 +14,21 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
-import numpy as np
-import zmq
+# Run as a script, bench/ heads sys.path, and bench/http.py would shadow the
+# standard library's http (which prometheus_client imports).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from bazaar import wire
-from bazaar.rpc import Client, Server
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+from bazaar import security, wire  # noqa: E402
+from bazaar.rpc import Client, Server  # noqa: E402
 
 PAYLOAD = wire.encode_request(1, "ping", {})
 THREADS = 16
@@ -44,8 +53,9 @@ def raw_echo_server(port_queue: mp.Queue, stop: mp.Event) -> None:
     ctx.term()
 
 
-def our_server(port_queue: mp.Queue, stop: mp.Event) -> None:
-    server = Server("tcp://127.0.0.1:0", service="bench")
+def our_server(port_queue: mp.Queue, stop: mp.Event, keys_dir: str | None = None) -> None:
+    keys = security.load_keys(keys_dir, "catalog") if keys_dir else None
+    server = Server("tcp://127.0.0.1:0", service="bench", keys=keys, info_roles={"client"})
     port_queue.put(server.port)
     server.start()
     stop.wait()
@@ -127,9 +137,9 @@ def measure_pipelined(run, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def start(target) -> tuple[str, mp.Event, mp.Process]:
+def start(target, *extra) -> tuple[str, mp.Event, mp.Process]:
     queue, stop = mp.Queue(), mp.Event()
-    proc = mp.Process(target=target, args=(queue, stop), daemon=True)
+    proc = mp.Process(target=target, args=(queue, stop, *extra), daemon=True)
     proc.start()
     return f"tcp://127.0.0.1:{queue.get(timeout=10)}", stop, proc
 
@@ -139,37 +149,48 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000)
     n = parser.parse_args().calls
 
+    keys_dir = tempfile.mkdtemp(prefix="bench-keys-")
+    security.init_keys(keys_dir)
+    client_keys = security.load_keys(keys_dir, "client")
     raw_ep, raw_stop, raw_proc = start(raw_echo_server)
     our_ep, our_stop, our_proc = start(our_server)
-    raw, ours = RawClient(raw_ep), Client(our_ep, timeout=5)
+    sec_ep, sec_stop, sec_proc = start(our_server, keys_dir)
+    raw = RawClient(raw_ep)
+    ours = Client(our_ep, timeout=5)
+    secure = Client(sec_ep, timeout=5, keys=client_keys, server_role="catalog")
+    sides = {
+        "raw": (raw.call, raw.pipelined),
+        "our": (
+            lambda: ours.call("ping"),
+            lambda k: ours.call_many("ping", [{}] * k, window=WINDOW),
+        ),
+        "sec": (
+            lambda: secure.call("ping"),
+            lambda k: secure.call_many("ping", [{}] * k, window=WINDOW),
+        ),
+    }
 
-    def our_call():
-        ours.call("ping")
-
-    def our_pipelined(k):
-        ours.call_many("ping", [{}] * k, window=WINDOW)
-
-    # Interleave raw and ours in rounds, so background noise on this shared
-    # machine hits both sides alike; report the median round.
+    # Interleave the three in rounds, so background noise on this shared
+    # machine hits all alike; report the median round.
     rounds, chunk = 5, max(n // 5, 1)
-    samples: dict[str, list] = {k: [] for k in ("raw_lat", "our_lat", "raw_sync", "our_sync")}
-    samples.update({k: [] for k in ("raw_thr", "our_thr", "raw_pipe", "our_pipe")})
+    samples: dict[str, list] = {
+        f"{side}_{m}": [] for side in sides for m in ("lat", "sync", "thr", "pipe")
+    }
     try:
         for _ in range(rounds):
-            lat, rate = measure_sequential(raw.call, chunk)
-            samples["raw_lat"].append(lat)
-            samples["raw_sync"].append(rate)
-            lat, rate = measure_sequential(our_call, chunk)
-            samples["our_lat"].append(lat)
-            samples["our_sync"].append(rate)
-            samples["raw_thr"].append(measure_threads(raw.call, chunk))
-            samples["our_thr"].append(measure_threads(our_call, chunk))
-            samples["raw_pipe"].append(measure_pipelined(raw.pipelined, chunk))
-            samples["our_pipe"].append(measure_pipelined(our_pipelined, chunk))
+            for side, (call, _) in sides.items():
+                lat, rate = measure_sequential(call, chunk)
+                samples[f"{side}_lat"].append(lat)
+                samples[f"{side}_sync"].append(rate)
+            for side, (call, _) in sides.items():
+                samples[f"{side}_thr"].append(measure_threads(call, chunk))
+            for side, (_, pipelined) in sides.items():
+                samples[f"{side}_pipe"].append(measure_pipelined(pipelined, chunk))
     finally:
         raw.close()
         ours.close()
-        for stop, proc in ((raw_stop, raw_proc), (our_stop, our_proc)):
+        secure.close()
+        for stop, proc in ((raw_stop, raw_proc), (our_stop, our_proc), (sec_stop, sec_proc)):
             stop.set()
             proc.join(5)
 
@@ -179,24 +200,24 @@ def main() -> None:
     def med(key):
         return float(np.median(samples[key]))
 
-    raw_sync, our_sync = med("raw_sync"), med("our_sync")
-    raw_thr, our_thr, raw_pipe, our_pipe = (
-        med(k) for k in ("raw_thr", "our_thr", "raw_pipe", "our_pipe")
-    )
-
     rows = [
-        ("round trip p50 (us)", us("raw_lat", 50), us("our_lat", 50), "ours <= 1.3x raw"),
-        ("round trip p99 (us)", us("raw_lat", 99), us("our_lat", 99), ""),
-        ("1 sync caller (calls/s)", raw_sync, our_sync, ">= 5,000"),
-        (f"{THREADS} threads, 1 client (calls/s)", raw_thr, our_thr, ""),
-        (f"pipelined, {WINDOW} in flight (calls/s)", raw_pipe, our_pipe, ">= 30,000"),
+        ("round trip p50 (us)", *(us(f"{s}_lat", 50) for s in sides), "CURVE <= 1.15x plain"),
+        ("round trip p99 (us)", *(us(f"{s}_lat", 99) for s in sides), ""),
+        ("1 sync caller (calls/s)", *(med(f"{s}_sync") for s in sides), ">= 5,000"),
+        (f"{THREADS} threads, 1 client (calls/s)", *(med(f"{s}_thr") for s in sides), ""),
+        (f"pipelined, {WINDOW} in flight (calls/s)", *(med(f"{s}_pipe") for s in sides), ""),
     ]
     print(
-        f"RPC benchmark: {n} calls per row in {rounds} interleaved rounds (median), payload {len(PAYLOAD)} bytes, servers in own process"
+        f"RPC benchmark: {n} calls per row in {rounds} interleaved rounds (median), "
+        f"payload {len(PAYLOAD)} bytes, servers in own process"
     )
-    print(f"{'measure':<36}{'raw pyzmq':>12}{'bazaar.rpc':>12}{'ratio':>8}  goal")
-    for name, raw_v, our_v, goal in rows:
-        print(f"{name:<36}{raw_v:>12,.0f}{our_v:>12,.0f}{our_v / raw_v:>8.2f}  {goal}")
+    header = f"{'measure':<36}{'raw pyzmq':>11}{'plain':>9}{'CURVE':>9}{'plain/raw':>11}"
+    print(f"{header}{'CURVE/plain':>13}  goal")
+    for name, raw_v, our_v, sec_v, goal in rows:
+        print(
+            f"{name:<36}{raw_v:>11,.0f}{our_v:>9,.0f}{sec_v:>9,.0f}"
+            f"{our_v / raw_v:>11.2f}{sec_v / our_v:>13.2f}  {goal}"
+        )
 
 
 if __name__ == "__main__":
