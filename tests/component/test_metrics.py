@@ -106,9 +106,15 @@ def test_frontend_metrics_route_and_promtool():
 def test_fsync_histograms_observe_durable_writes(tmp_path):
     from bazaar.catalog.service import CatalogService
     from bazaar.config import Config
+    from tests.conftest import KEYS_DIR
 
     before = value("bazaar_catalog_fsync_duration_seconds_count")
-    config = Config(catalog="tcp://127.0.0.1:0", catalog_pub="tcp://127.0.0.1:0", data_dir=tmp_path)
+    config = Config(
+        catalog="tcp://127.0.0.1:0",
+        catalog_pub="tcp://127.0.0.1:0",
+        data_dir=tmp_path,
+        keys_dir=KEYS_DIR,
+    )
     with CatalogService(config) as service:
         service.trade("k1", "GameStart", "buy", 1, 1)
         service.trade("k2", "GameStart", "sell", 1, 1)
