@@ -53,7 +53,7 @@ from bazaar import rpc  # noqa: E402
 from bazaar.order.log import Record  # noqa: E402
 from bench.catalog_history import history as catalog_history  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
-from tests.system.cluster import Cluster  # noqa: E402
+from tests.system.cluster import Cluster, rpc_client  # noqa: E402
 
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
 GOAL_MB = 150
@@ -178,7 +178,8 @@ def start_replica(c: Cluster) -> tuple[rpc.Client, float, tuple[str, str] | None
     """Start order1; (client, seconds until it answers, its own start-up and log-open ms)."""
     t0 = time.monotonic()
     c.start("order1")
-    client = rpc.Client(c.order_endpoints[1], timeout=5)
+    # Speaks as replica 2, the leader that `feed` plays (CurveZMQ, the test keys).
+    client = rpc_client(c.order_endpoints[1], "order2", "order1", timeout=5)
     wait_until(lambda: client.call("status", timeout=0.5), 60, 0.01, "order1 serving")
     wall = time.monotonic() - t0
     text = (c.root / "order1.log").read_text()
