@@ -55,6 +55,7 @@ HWM = 128
 # as the queue drains. A peer that never reads fills both and then loses its
 # replies: it holds at most REPLY_HWM x MAX_MESSAGE_BYTES + PEER_BACKLOG_BYTES.
 REPLY_HWM = 16
+PIPELINE_HWM = 1000  # requests a Pipeline may queue to its peer (its own messages)
 PEER_BACKLOG_BYTES = 1 << 20
 BACKLOG_BYTES = 16 << 20
 BACKLOG_RETRY_MS = 2
@@ -833,6 +834,9 @@ class Pipeline:
         self.endpoint = endpoint
         ctx = context or zmq.Context.instance()
         self.socket = watch_peer(harden(ctx.socket(zmq.DEALER)))
+        # Our own outgoing stream, not a peer's: a burst may run ahead of
+        # the I/O thread, and dropping it would only cost a resend.
+        self.socket.setsockopt(zmq.SNDHWM, PIPELINE_HWM)
         if keys is not None:
             security.secure_client(self.socket, keys, server_role)
         self.socket.connect(endpoint)

@@ -194,7 +194,7 @@ def test_retry_false_makes_a_keyed_call_single_shot(server, client):
 def test_pipeline_sends_without_waiting_and_collects_replies_in_order(server):
     from bazaar.rpc import Pipeline
 
-    pipe = Pipeline(server.endpoint)
+    pipe = Pipeline(server.endpoint, keys=keys_for("frontend"), server_role="catalog")
     try:
         wait_until(lambda: pipe.send("echo", {"value": -1}), 5, msg="connected")
         for i in range(200):  # all queued before a single reply is read
