@@ -60,7 +60,9 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-MAX_EPOCH = 2**53 - 1  # SPEC section 2: exact in any JSON reader, far from any overflow
+# SPEC section 2: epochs are 1..2^53-1 (exact through a JSON double, far from any
+# overflow). The one bound: the catalog, the order replicas and the front end use it.
+MAX_EPOCH = 2**53 - 1
 
 
 def is_epoch(value: Any) -> bool:

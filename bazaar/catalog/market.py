@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bazaar.errors import BazaarError, invalid, not_found, precondition
-from bazaar.wire import is_int
+from bazaar.wire import MAX_EPOCH, is_int
 
 TRADE_TYPES = ("buy", "sell")
 MAX_KEY_LEN = 200
 MAX_NAME_LEN = 100
 # Far above any real order, and it keeps every count well inside msgpack's int64.
 MAX_TRADE_QUANTITY = 1_000_000_000
-# SPEC section 2: epochs are 1..2^53-1 (they survive a trip through a JSON double).
-MAX_EPOCH = 2**53 - 1
 
 DEFAULT_QUANTITY = 100
 DEFAULT_STOCKS = (

@@ -44,11 +44,10 @@ from typing import Any
 from bazaar.errors import BazaarError
 from bazaar.rpc import Client
 from bazaar.security import Keys, replica_role
-from bazaar.wire import is_int
+from bazaar.wire import MAX_EPOCH, is_int
 
 log = logging.getLogger(__name__)
 
-MAX_EPOCH = 2**53 - 1  # SPEC section 2: epochs are integers in 1..2^53-1
 SUSPECT_FOR = 10.0  # seconds a leader that lost its majority is a candidate of last resort
 
 
