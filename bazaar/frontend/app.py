@@ -188,12 +188,13 @@ def serve_orders(wsgi_app, orders, cache: LookupCache):
             fields = parse_order_body(environ.get("CONTENT_TYPE") or "", raw)
             payload = {"data": _order(orders, cache, key, fields)}
         except BazaarError as err:
-            status = err.http_status
-            payload = {"error": {"code": status, "message": err.message}}
-        except Exception as exc:  # as the Flask error handler: logged, a JSON 500
-            log.exception("unexpected error on POST /orders")
+            status, message = public_error(err)
+            payload = {"error": {"code": status, "message": message}}
+        except Exception:  # as the Flask error handler: logged, a JSON 500
+            rid = request_id()
+            log.exception("request %s: unexpected error on POST /orders", rid)
             status = 500
-            payload = {"error": {"code": 500, "message": f"internal error: {type(exc).__name__}"}}
+            payload = {"error": {"code": 500, "message": f"internal error (request id {rid})"}}
         data = json.dumps(payload, separators=(",", ":")).encode()
         headers = [("Content-Type", _JSON), ("Content-Length", str(len(data)))]
         start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}", headers)

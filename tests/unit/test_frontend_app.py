@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -272,6 +273,42 @@ def test_order_rpc_errors_map_through_the_table(client, parts, code, status):
     assert_error(order(client, GOOD), status)
 
 
+INTERNALS = "tcp://order2:5562 is not reachable (order): /data/orders-2.db: OSError"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("UNAVAILABLE", 503),
+        ("DEADLINE_EXCEEDED", 504),
+        ("INTERNAL", 500),
+        ("PERMISSION_DENIED", 500),
+    ],
+)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_server_side_errors_carry_a_request_id_not_internals(
+    client, parts, caplog, code, status, chunked
+):
+    """Host names, paths and exception text stay in the log, under the id the user sees.
+    PERMISSION_DENIED means the front end's own key was refused: a 500, never a 403."""
+    parts[1].fail = BazaarError(code, INTERNALS)
+    kw = {"data": json.dumps(GOOD)}
+    if chunked:  # the Flask route; a Content-Length takes the fast path
+        kw = {"input_stream": io.BytesIO(json.dumps(GOOD).encode())}
+        kw["headers"] = {"Transfer-Encoding": "chunked"}
+        kw["environ_overrides"] = {"wsgi.input_terminated": True}
+    resp = client.post("/orders", content_type="application/json", **kw)
+    assert_error(resp, status)
+    message = resp.get_json()["error"]["message"]
+    assert "tcp://" not in message and "/data" not in message and "OSError" not in message
+    rid = re.search(r"request id ([0-9a-f]{12})", message).group(1)
+    assert rid in caplog.text and INTERNALS in caplog.text
+    parts[0].fail = BazaarError(code, INTERNALS)  # the lookup route too
+    lookup = client.get("/stocks/Unseen")
+    assert_error(lookup, status)
+    assert "tcp://" not in lookup.get_json()["error"]["message"]
+
+
 @pytest.mark.parametrize("number", ["abc", "1.5", "0x10", "1e3", "%20", "-1", "１"])
 def test_bad_order_numbers_are_400(client, number):
     assert_error(client.get(f"/orders/{number}"), 400)
@@ -437,7 +474,9 @@ def test_order_fast_path_answers_as_the_flask_route(parts, body, content_type, h
             )
         finally:
             close_app(app)
-        answers.append((resp.status, resp.mimetype, resp.get_json()))
+        # Request ids differ per request: the rest of the body must not.
+        body_json = json.loads(re.sub(r"request id [0-9a-f]+", "request id *", resp.text))
+        answers.append((resp.status, resp.mimetype, body_json))
         placed.append(orders.placed)
     assert answers[0] == answers[1]
     assert answers[0][1] == "application/json"
