@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from collections import Counter
 
 import click
 
@@ -172,14 +173,19 @@ def keys_init(directory):
 
 
 def _server_role(cfg: configmod.Config, endpoint: str) -> str | None:
-    """The role serving ENDPOINT according to BAZAAR_* (by endpoint, then by port)."""
+    """The role serving ENDPOINT according to BAZAAR_* (by endpoint, then by port).
+
+    A port only names a role when one service has it: on separate hosts the
+    replicas may share one (deploy/kubernetes: 5561 on every replica)."""
     servers = {cfg.catalog: "catalog"} | {
         ep: security.replica_role(rid) for rid, ep in cfg.order_replicas.items()
     }
     if endpoint in servers:
         return servers[endpoint]
+    ports = Counter(ep.rsplit(":", 1)[1] for ep in servers)
     by_port = {ep.rsplit(":", 1)[1]: role for ep, role in servers.items()}
-    return by_port.get(endpoint.rsplit(":", 1)[-1])
+    port = endpoint.rsplit(":", 1)[-1]
+    return by_port[port] if ports[port] == 1 else None
 
 
 @main.command()

@@ -18,6 +18,7 @@ as a pod of deploy/kubernetes — else insecure (printed).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -151,6 +152,27 @@ def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):
         if name.startswith("order"):
             leaders[name] = metric(text, "bazaar_order_is_leader")
     assert sorted(leaders.values()) == [0.0, 0.0, 1.0], leaders
+
+    # An admin on the client host, as deploy/kubernetes/tools/client.yaml:
+    # `bazaar call` by name, the service's role found from its endpoint
+    # although every replica has the same port.
+    env = cluster.env("frontend")
+    if cluster.secure:
+        env["BAZAAR_KEYS_DIR"] = str(own_keys(cluster.root / "keys", "client"))
+    for rid in (1, 2, 3):
+        argv = [
+            sys.executable,
+            "-m",
+            "bazaar.cli",
+            "call",
+            f"tcp://order{rid}:{ORDER_PORT}",
+            "status",
+        ]
+        done = subprocess.run(
+            cluster.net.command("client", argv), env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["last_number"] == len(rows) - 1, done.stdout
 
 
 def scrape(url: str) -> str:
