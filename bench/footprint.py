@@ -19,6 +19,7 @@ client's memory is not counted), and measures again:
                               role's module: where the baseline memory goes
 
     .venv/bin/python bench/footprint.py --history [--sizes 10000,100000,1000000]
+    .venv/bin/python bench/footprint.py --http-history 10000,100000
 
 History mode (issue 9: memory must not grow with the history): one order
 replica process, fed as a follower through its own `replicate` method
@@ -30,6 +31,10 @@ start-up, and `get_order` over RPC is timed (p50/p99). Then the same for the
 catalog (`bench/catalog_history.py`: trades appended through the store's
 commit statement with the catalog stopped, then the catalog started (timed)
 and exercised over RPC: retries of old keys, new trades, `trades_since`).
+
+HTTP history mode: the five services under `bazaar load` (16 sessions,
+every iteration an order) until each number of committed orders; RSS of
+every service after each.
 """
 
 from __future__ import annotations
@@ -239,6 +244,41 @@ def history(sizes: list[int]) -> int:
     return 0
 
 
+def http_history(targets: list[int], sessions: int = 16, chunk: int = 500) -> int:
+    """All five services under `bazaar load` (p=1) until each target of committed orders."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bazaar-http-history-") as tmp, Cluster(Path(tmp)) as c:
+        c.start_all(timeout=30)
+        idle = {name: proc_kb(c.procs[name].pid)["VmRSS"] for name in SERVICES}
+        t0 = time.monotonic()
+        for target in targets:
+            while True:
+                order = c.health()["data"]["order"]
+                last = order["replicas"][str(order["leader"])]["last_number"] or -1
+                if last + 1 >= target:
+                    break
+                load = subprocess.run(
+                    [sys.executable, "-m", "bazaar.cli", "load", "--url", c.url]
+                    + ["--sessions", str(sessions), "--requests", str(chunk), "-p", "1"],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
+                if load.returncode != 0:
+                    print(load.stdout[-2000:], load.stderr[-2000:], file=sys.stderr)
+                    return 1
+            rss = {name: proc_kb(c.procs[name].pid)["VmRSS"] for name in SERVICES}
+            rows.append((last + 1, time.monotonic() - t0, rss))
+    print(f"Five services under HTTP load (bazaar load, {sessions} sessions, p=1)\n")
+    print("| orders | minutes | " + " | ".join(f"{n} RSS MB" for n in SERVICES) + " |")
+    print("|---:|---:|" + "---:|" * len(SERVICES))
+    print("| 0 (idle) | | " + " | ".join(mb(idle[n]).strip() for n in SERVICES) + " |")
+    for orders, secs, rss in rows:
+        cells = " | ".join(mb(rss[n]).strip() for n in SERVICES)
+        print(f"| {orders:,} | {secs / 60:.1f} | {cells} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
@@ -248,7 +288,12 @@ def main() -> int:
     parser.add_argument("--imports", action="store_true", help="also measure import costs")
     parser.add_argument("--history", action="store_true", help="memory against history length")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="for --history")
+    parser.add_argument(
+        "--http-history", help="committed-order targets, e.g. 10000,100000: real HTTP load"
+    )
     args = parser.parse_args()
+    if args.http_history:
+        return http_history([int(float(x)) for x in args.http_history.split(",")])
     if args.history:
         sizes = [int(float(x)) for x in args.sizes.split(",")]
         code = history(sizes)
