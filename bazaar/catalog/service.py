@@ -182,9 +182,10 @@ class CatalogService:
         self.server.register("list_stocks", self.list_stocks, inline=True, roles=READERS)
         self.server.register("trade", self.trade, roles=ROLES["trade"])
         self.server.register("fence", self.fence, roles=ROLES["fence"])
-        # Pages of up to 2000 trades: one running per replica is all they need.
+        # Pages of up to 2000 trades: one running per replica is all they need,
+        # plus the retries of an idempotent call that timed out (3 in flight).
         self.server.register(
-            "trades_since", self.trades_since, roles=ROLES["trades_since"], per_caller=2
+            "trades_since", self.trades_since, roles=ROLES["trades_since"], per_caller=4
         )
 
     # ---- addresses a client on this machine can connect to --------------

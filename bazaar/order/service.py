@@ -39,6 +39,8 @@ from bazaar.order.recovery import PEER_TIMEOUT, Recovery
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_PER_CALLER = 4  # catch_up calls one peer may have running here at once
+
 
 class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
     """A running order replica; `start()` then `stop()` (or `run` for the CLI)."""
@@ -133,14 +135,15 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
             # `replicate` runs on the server's I/O thread: batches are applied in
             # the order they arrive (no reordering by the worker pool), and the
             # write it does is one short group-committed fsync. `catch_up` builds
-            # pages of up to ~768 KB: a peer needs one at a time, so a flood from
-            # one key gets RESOURCE_EXHAUSTED instead of every worker.
+            # pages of up to ~768 KB: a peer needs one at a time (plus the
+            # retries of an idempotent call that timed out: up to 3 in flight),
+            # so a flood from one key gets RESOURCE_EXHAUSTED, not every worker.
             self.server.register(
                 name,
                 getattr(self, f"rpc_{name}"),
                 inline=name == "replicate",
                 roles=callers,
-                per_caller=2 if name == "catch_up" else None,
+                per_caller=CATCH_UP_PER_CALLER if name == "catch_up" else None,
             )
         self._spawn(self._replication_loop, "replication")
         self._spawn(self._leader_loop, "leader")
