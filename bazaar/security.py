@@ -18,6 +18,7 @@ be made secure only after `Authenticators.acquire` started one in its context.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,13 @@ def secure_client(sock: zmq.Socket, keys: Keys, server_role: str) -> None:
 
 
 # ---- the ZAP handler --------------------------------------------------------
-class ClusterAuthenticator(ThreadAuthenticator):
-    """Admits the cluster's public keys; the ZAP User-Id it hands back is the role."""
+class ClusterPolicy:
+    """Admits the cluster's public keys; the ZAP User-Id it hands back is the role.
+
+    Mixed into pyzmq's ThreadAuthenticator by `authenticator_class()`, which
+    imports it (and asyncio) only when a server needs one: `bazaar call` and
+    `bazaar keys` (healthchecks, scripts) stay light.
+    """
 
     def __init__(self, context: zmq.Context):
         super().__init__(context, log=logging.getLogger("zmq.auth"))
@@ -212,6 +217,13 @@ class ClusterAuthenticator(ThreadAuthenticator):
         return self.roles_by_key.get(z85.encode(client_public_key), "")
 
 
+@functools.cache
+def authenticator_class() -> type:
+    from zmq.auth.thread import ThreadAuthenticator
+
+    return type("ClusterAuthenticator", (ClusterPolicy, ThreadAuthenticator), {})
+
+
 class _Authenticators:
     """One ClusterAuthenticator per context, shared by its server sockets (refcounted).
 
@@ -222,7 +234,7 @@ class _Authenticators:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._by_ctx: dict[int, tuple[ClusterAuthenticator, int]] = {}
+        self._by_ctx: dict[int, tuple[ClusterPolicy, int]] = {}
 
     def acquire(self, ctx: zmq.Context, keys: Keys) -> None:
         with self._lock:
@@ -233,12 +245,12 @@ class _Authenticators:
             self._by_ctx[id(ctx)] = (auth, count + 1)
 
     @staticmethod
-    def _start(ctx: zmq.Context) -> ClusterAuthenticator:
+    def _start(ctx: zmq.Context) -> ClusterPolicy:
         # A handler stopped a moment ago may still hold the ZAP address: libzmq
         # unbinds an inproc endpoint only once its closed socket is reaped.
         deadline = time.monotonic() + 2.0
         while True:
-            auth = ClusterAuthenticator(ctx)
+            auth = authenticator_class()(ctx)
             try:
                 auth.start()
                 return auth
@@ -259,7 +271,7 @@ class _Authenticators:
             del self._by_ctx[id(ctx)]
         auth.stop()
 
-    def get(self, ctx: zmq.Context) -> ClusterAuthenticator | None:
+    def get(self, ctx: zmq.Context) -> ClusterPolicy | None:
         with self._lock:
             entry = self._by_ctx.get(id(ctx))
         return entry[0] if entry else None
