@@ -43,6 +43,7 @@ import argparse
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -280,6 +281,8 @@ def http_history(targets: list[int], sessions: int = 16, chunk: int = 500) -> in
 
 
 def main() -> int:
+    # SIGTERM (a timeout) unwinds like Ctrl-C: the clusters' `with` stops their services.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200)
