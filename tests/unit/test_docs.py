@@ -1,0 +1,164 @@
+"""The reference docs against the code, so they cannot drift.
+
+- docs/api.md names every route of the Flask app and every key of the real
+  `/health` and `/api/dashboard` bodies, by its real path (`data.order.leader`).
+- docs/configuration.md's table lists exactly the BAZAAR_* variables that
+  bazaar/config.py reads.
+- The version is one: pyproject.toml, `bazaar --version`, compose's default
+  image tag and the newest release in CHANGELOG.md agree.
+- Every relative link in README.md and docs/ points at a file that exists.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bazaar.cli import main
+from bazaar.frontend.app import close_app, create_app
+from bazaar.frontend.cache import LookupCache
+from tests.unit.test_frontend_app import FakeCatalog, FakeOrders
+
+ROOT = Path(__file__).resolve().parents[2]
+API = (ROOT / "docs" / "api.md").read_text()
+CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
+
+
+@pytest.fixture
+def app():
+    cache = LookupCache(10)
+    cache.set_live(True)
+    app = create_app(catalog=FakeCatalog(), orders=FakeOrders(), cache=cache)
+    app.extensions["bazaar"]["monitor"].refresh()
+    yield app
+    close_app(app)
+
+
+def test_every_route_is_documented(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            routes.add(f"`{method} {rule.rule}`")
+    assert len(routes) >= 7
+    missing = sorted(r for r in routes if f"### {r}" not in API)
+    assert not missing, f"docs/api.md has no section for {missing}"
+    documented = set(re.findall(r"^### (`[A-Z]+ /[^`]*`)", API, re.M))
+    assert documented == routes, f"documented but not routes: {sorted(documented - routes)}"
+
+
+def paths(value, prefix: str) -> set[str]:
+    """Every key path of a JSON value; replica ids become `<id>`."""
+    out = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            name = "<id>" if key.isdigit() else key
+            out.add(f"{prefix}.{name}")
+            out |= paths(inner, f"{prefix}.{name}")
+    return out
+
+
+def test_health_fields_are_documented_by_their_real_paths(app):
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 200
+    found = paths(resp.get_json(), "")
+    found = {p.lstrip(".") for p in found}
+    assert {"data.status", "data.order.leader", "data.order.replicas.<id>.lag"} <= found
+    undocumented = set()
+    for path in found:
+        # A table row or an inline mention of the full path (`data.cache.hits` / ...).
+        if f"`{path}`" not in API and path not in ("data", "data.order.replicas.<id>"):
+            if not any(
+                f"`{p}`" in API for p in found if p.startswith(path + ".")
+            ):  # an object is documented through its fields
+                undocumented.add(path)
+    assert not undocumented, f"/health fields missing from docs/api.md: {sorted(undocumented)}"
+    # The short paths the old docs quoted are not what the body has.
+    assert "`status`" not in API and "`order.leader`" not in API
+
+
+def test_dashboard_fields_are_documented(app):
+    body = app.test_client().get("/api/dashboard").get_json()
+    for key in body["data"]:
+        assert f"`data.{key}`" in API, key
+
+
+def test_every_status_code_the_errors_map_to_is_documented():
+    from bazaar.errors import HTTP_STATUS
+
+    reachable = {400, 404, 405, 409, 413, 429, 500, 503, 504}
+    assert reachable <= {*HTTP_STATUS.values(), 405, 413}
+    for status in reachable:
+        assert re.search(rf"^\| {status} \|", API, re.M), f"status {status} not in docs/api.md"
+
+
+def config_vars() -> set[str]:
+    return set(re.findall(r'"(BAZAAR_[A-Z_]+)"', (ROOT / "bazaar" / "config.py").read_text()))
+
+
+def test_configuration_table_lists_exactly_what_config_reads():
+    table = set(re.findall(r"^\| `(BAZAAR_[A-Z_]+)` \|", CONFIG_DOC, re.M))
+    read = config_vars()
+    assert len(read) >= 10
+    assert read - table == set(), f"read by bazaar/config.py, not documented: {read - table}"
+    assert table - read == set(), f"documented, not read by bazaar/config.py: {table - read}"
+
+
+def test_documented_defaults_are_the_real_ones():
+    from bazaar.config import Config
+
+    cfg = Config()
+    for var, value in (
+        ("BAZAAR_CATALOG", cfg.catalog),
+        ("BAZAAR_CATALOG_PUB", cfg.catalog_pub),
+        ("BAZAAR_CACHE_SIZE", str(cfg.cache_size)),
+        ("BAZAAR_HTTP_PORT", str(cfg.http_port)),
+        ("BAZAAR_LOG_LEVEL", cfg.log_level),
+        ("BAZAAR_BIND_HOST", cfg.bind_host),
+        ("BAZAAR_METRICS_PORT", str(cfg.metrics_port)),
+    ):
+        row = re.search(rf"^\| `{var}` \| `([^`]*)`", CONFIG_DOC, re.M)
+        assert row and row.group(1) == value, f"{var}: documented default is not {value!r}"
+    replicas = ",".join(f"{rid}={ep}" for rid, ep in cfg.order_replicas.items())
+    assert f"| `BAZAAR_ORDER_REPLICAS` | `{replicas}` |" in CONFIG_DOC
+
+
+def version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_one_version_everywhere():
+    v = version()
+    result = CliRunner().invoke(main, ["--version"], prog_name="bazaar")
+    assert result.exit_code == 0 and result.output.strip() == f"bazaar, version {v}", (
+        f"{result.output!r}: reinstall (pip install -e .) after changing the version"
+    )
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert f"image: ${{BAZAAR_IMAGE:-stock-bazaar:{v}}}" in compose
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+    assert releases and releases[0] == v, f"newest release in CHANGELOG.md {releases[:1]} != {v}"
+    assert "## [Unreleased]" in changelog
+    for release in releases:
+        assert f"[{release}]: " in changelog, f"CHANGELOG.md: no link for {release}"
+    assert re.search(rf"\| {re.escape(v)} \|", (ROOT / "docs" / "releasing.md").read_text())
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: p.name)
+def test_relative_links_resolve(doc):
+    text = doc.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        if not (doc.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{doc.name}: links to missing files {broken}"
