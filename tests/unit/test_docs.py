@@ -156,3 +156,54 @@ def test_relative_links_resolve(doc):
         if not (doc.parent / path).exists():
             broken.append(target)
     assert not broken, f"{doc.name}: links to missing files {broken}"
+
+
+def sh_blocks() -> list[tuple[str, str]]:
+    out = []
+    for doc in markdown_files():
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
+            out.append((doc.name, block))
+    return out
+
+
+def test_every_shell_block_parses():
+    """`bash -n` on every ```sh block of README.md and docs/ (placeholders like <you> filled)."""
+    import subprocess
+
+    blocks = sh_blocks()
+    assert len(blocks) > 20
+    for name, block in blocks:
+        script = re.sub(r"<[A-Za-z][^<>\n]*>", "X", block)
+        done = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+        assert done.returncode == 0, (
+            f"{name}: a shell block does not parse:\n{block}\n{done.stderr}"
+        )
+
+
+def test_every_bazaar_command_in_the_docs_exists():
+    import click
+
+    ctx = click.Context(main)
+    seen = set()
+    for name, block in sh_blocks():
+        for line in block.splitlines():
+            for match in re.finditer(
+                r"(?<!-n )(?:^|(?<=[\s/\"']))bazaar ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", line
+            ):
+                if "docker" in line and "exec" not in line and "run" not in line:
+                    continue
+                cmd = main.get_command(ctx, match.group(1))
+                assert cmd is not None, f"{name}: `bazaar {match.group(1)}` does not exist: {line}"
+                seen.add(match.group(1))
+                if isinstance(cmd, click.Group) and match.group(2):
+                    sub = cmd.get_command(ctx, match.group(2))
+                    assert sub is not None, f"{name}: no `bazaar {match.group(1)} {match.group(2)}`"
+    assert {"backup", "call", "load"} <= seen
+
+
+def test_every_make_target_in_the_docs_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    for doc in markdown_files():
+        for target in re.findall(r"`make(?: PYTHON=\S+)? ([a-z][a-z-]*)", doc.read_text()):
+            assert target in targets, f"{doc.name}: `make {target}` is not a Makefile target"
