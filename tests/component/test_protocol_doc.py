@@ -2,8 +2,10 @@
 
 import contextlib
 import io
+import os
 import re
 from pathlib import Path
+from unittest import mock
 
 from click.testing import CliRunner
 
@@ -20,10 +22,12 @@ def python_blocks() -> list[str]:
 
 
 def run_example(endpoint: str, keys) -> str:
+    """The example as a user runs it: it defines everything it uses, from the environment."""
     (example,) = python_blocks()
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(example, str(DOC), "exec"), {"ENDPOINT": endpoint, "KEYS": str(keys)})
+    env = {"BAZAAR_CATALOG": endpoint, "BAZAAR_KEYS_DIR": str(keys)}
+    with contextlib.redirect_stdout(out), mock.patch.dict(os.environ, env):
+        exec(compile(example, str(DOC), "exec"), {})
     return out.getvalue()
 
 

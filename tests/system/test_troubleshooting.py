@@ -104,3 +104,10 @@ def test_damaged_catalog_db(tmp_path):
 
 def test_bad_variable(tmp_path):
     documented(start(["catalog"], tmp_path, BAZAAR_CACHE_SIZE="abc"))
+
+
+def test_no_keys(tmp_path):
+    env = rpc_env()
+    line = start(["catalog"], tmp_path, BAZAAR_INSECURE="0", BAZAAR_KEYS_DIR="", **env)
+    assert "no key for catalog" in line
+    documented(line.replace("catalog", "<role>", 1), dir=str(tmp_path / "data" / "keys"))
