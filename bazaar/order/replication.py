@@ -60,6 +60,7 @@ from bazaar.errors import BazaarError
 from bazaar.order.log import Record
 
 FOLLOWER, RECOVERING, LEADER = "follower", "recovering", "leader"
+MAJORITY_SILENCE = 2.0  # seconds without a word from enough followers: no majority
 
 
 # ---- messages -------------------------------------------------------------
@@ -130,6 +131,7 @@ class Follower:
     up: bool = True  # alive and caught up: counts for the commit rule
     inflight: list[tuple[int, int, float]] = field(default_factory=list)  # (prev, last, sent at)
     last_probe: float = float("-inf")
+    heard: float = float("-inf")  # when it last answered anything
 
 
 class LogView(Protocol):
@@ -326,7 +328,7 @@ class Replica:
         self.role = LEADER
         self.last_tick = now
         self.commit = self.durable if not self.peers else -1
-        self.followers = {p: Follower(next=self.last_number + 1) for p in self.peers}
+        self.followers = {p: Follower(next=self.last_number + 1, heard=now) for p in self.peers}
         actions: list = self._restamp()
         for peer, f in self.followers.items():
             f.inflight.append((f.next - 1, f.next - 1, now))
@@ -443,6 +445,7 @@ class Replica:
         if reply.epoch != self.epoch:
             return []  # an answer to an older leadership of ours
         f.alive = True
+        f.heard = now
         if reply.ok:
             f.match = max(f.match, min(reply.matched, self.last_number))
             f.inflight = [m for m in f.inflight if m[1] > reply.matched]
@@ -509,6 +512,7 @@ class Replica:
         """
         for f in self.followers.values():
             f.inflight = [(p, n, now) for p, n, _ in f.inflight]
+            f.heard = max(f.heard, now - self.follower_timeout)
 
     def _stream(self, now: float) -> list:
         actions: list = []
@@ -537,9 +541,16 @@ class Replica:
         return (len(self.peers) + 1) // 2 + 1
 
     def has_majority(self) -> bool:
-        """Leading with enough answering followers that a new record could commit."""
-        alive = sum(1 for f in self.followers.values() if f.alive)
-        return self.role == LEADER and alive + 1 >= self.quorum()
+        """Leading with enough followers heard from lately that a new record could commit.
+
+        Slower to turn false than `alive` (MAJORITY_SILENCE, not one
+        `follower_timeout`): a loaded machine that answers late must not
+        make the leader refuse orders and the front end depose it.
+        """
+        recent = sum(
+            1 for f in self.followers.values() if self.last_tick - f.heard <= MAJORITY_SILENCE
+        )
+        return self.role == LEADER and recent + 1 >= self.quorum()
 
     def _advance_commit(self) -> list:
         # The (quorum-1)-th best follower match, capped by our own durable
