@@ -619,7 +619,7 @@ def orders_main(args) -> None:
         (tmp / "cluster").mkdir()
         with Cluster(tmp / "cluster") as cluster:
             cluster.extra_env["BAZAAR_LOG_LEVEL"] = "WARNING"
-            cluster.start_all()
+            cluster.start_all(timeout=90)  # a loaded machine starts five interpreters slowly
             pids = {name: proc.pid for name, proc in cluster.procs.items()}
             for n in range(args.rounds):
                 row: dict = {}
