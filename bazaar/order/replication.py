@@ -548,7 +548,10 @@ class Replica:
         make the leader refuse orders and the front end depose it.
         """
         recent = sum(
-            1 for f in self.followers.values() if self.last_tick - f.heard <= MAJORITY_SILENCE
+            1
+            for f in self.followers.values()
+            if (f.alive and not f.inflight)  # idle: nothing asked, nothing to answer
+            or self.last_tick - f.heard <= MAJORITY_SILENCE
         )
         return self.role == LEADER and recent + 1 >= self.quorum()
 

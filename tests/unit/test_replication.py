@@ -206,6 +206,14 @@ def test_a_paused_leader_does_not_take_its_own_silence_for_dead_followers():
     assert (3, 0) in sim.aborted
 
 
+def test_an_idle_leader_keeps_its_majority():
+    sim = Sim(follower_timeout=0.5)
+    sim.elect(3, 1)
+    sim.run()
+    sim.tick(10.0)  # no orders: nothing is asked, so no silence counts
+    assert sim.machines[3].has_majority()
+
+
 def test_silent_followers_are_declared_down_only_after_a_timeout_we_lived_through():
     sim = Sim(follower_timeout=0.5)
     sim.elect(3, 1)
