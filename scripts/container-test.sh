@@ -190,14 +190,25 @@ quick_stop "${PROJECT}-sig" catalog
 podman rm -f -v "${PROJECT}-sig" >/dev/null
 
 # ---------------------------------------------------------------- the stack
-say "podman-compose up (project $PROJECT, front end on $URL)"
-compose_up=1
-timeout 300 "${COMPOSE[@]}" up -d --no-build >"$WORK/up.log" 2>&1 \
-    || { tail -30 "$WORK/up.log" >&2; die "podman-compose up failed"; }
 ctr() {  # container name of compose service $1
     podman ps -a --filter "label=io.podman.compose.project=$PROJECT" \
         --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1
 }
+say "podman-compose up (project $PROJECT, front end on $URL)"
+compose_up=1
+# podman-compose turns depends_on into `podman --requires`, and podman then
+# never restarts a service whose required container is not running: the
+# one-shot `keys` service has exited by design. So, as docs/deploy.md says for
+# podman: the keys first (it exits 0), then the services without --requires.
+# (docker compose needs none of this: `docker compose up` is one step.)
+timeout 300 "${COMPOSE[@]}" up -d --no-build keys >"$WORK/up.log" 2>&1 \
+    || { tail -30 "$WORK/up.log" >&2; die "podman-compose up keys failed"; }
+for _ in $(seq 60); do
+    [[ "$(podman inspect -f '{{.State.Status}}' "$(ctr keys)" 2>/dev/null)" == exited ]] && break
+    sleep 1
+done
+timeout 300 "${COMPOSE[@]}" up -d --no-build --no-deps catalog order1 order2 order3 frontend >>"$WORK/up.log" 2>&1 \
+    || { tail -30 "$WORK/up.log" >&2; die "podman-compose up failed"; }
 for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
 
 keys_ctr="$(ctr keys)"
