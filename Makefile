@@ -42,9 +42,9 @@ bench: venv
 	$(BIN)/python bench/footprint.py --history
 
 chaos: venv  ## long fault-injection runs: 5,000 simulated seeds from a random base, 20+ leader kills
-	BAZAAR_SIM_SEEDS=$${BAZAAR_SIM_SEEDS:-5000} \
-	BAZAAR_SIM_BASE=$${BAZAAR_SIM_BASE:-$$(shuf -i 1000-1000000000 -n 1)} \
-	$(BIN)/pytest -q tests/sim
+	@base=$${BAZAAR_SIM_BASE:-$$(shuf -i 1000-1000000000 -n 1)}; \
+	echo "chaos: BAZAAR_SIM_BASE=$$base BAZAAR_SIM_SEEDS=$${BAZAAR_SIM_SEEDS:-5000} (replay with these)"; \
+	BAZAAR_SIM_SEEDS=$${BAZAAR_SIM_SEEDS:-5000} BAZAAR_SIM_BASE=$$base $(BIN)/pytest -q tests/sim
 	$(BIN)/pytest -q -m chaos tests/system
 
 container-test: venv
