@@ -22,7 +22,6 @@ missing, namespaces not permitted), for a clear pytest skip.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
@@ -263,15 +262,3 @@ def _rpc_in_thread(endpoint: str, method: str, args: dict, server: str):
             return client.call_args(method, args)
     finally:
         ctx.term()
-
-
-@contextlib.contextmanager
-def partitioned_cluster(root: Path):
-    """A running NetCluster on a fresh Net; everything removed on exit."""
-    with Net() as net:
-        cluster = NetCluster(root, net=net)
-        try:
-            cluster.start_all(60)
-            yield cluster
-        finally:
-            cluster.stop_all()
