@@ -206,7 +206,9 @@ class CatalogService:
         return self.catalog.lookup(name)
 
     def list_stocks(self):
-        return {"stocks": self.catalog.stocks()}
+        # `writable`: whether the latest write committed (a full disk says False);
+        # the front end's monitor polls this call and shows it in /health.
+        return {"stocks": self.catalog.stocks(), "writable": self.catalog.writable}
 
     def trade(self, key, name, type, quantity, epoch, leader=None):  # `type`: the wire's name
         outcome = self.catalog.trade(key, name, type, quantity, epoch, leader)

@@ -176,6 +176,15 @@ class Catalog:
         return [stock.to_dict() for stock in self._durable.values()]
 
     @property
+    def writable(self) -> bool:
+        """False while the latest write failed (full disk, I/O error): trades are refused.
+
+        It turns True again with the next write that commits; the front end's
+        /health reports it, so a full disk shows there and not only in the log.
+        """
+        return self._failed_writes == 0  # an int read: no lock needed for a report
+
+    @property
     def last_seq(self) -> int:
         with self._lock:
             return self._durable_seq

@@ -2,7 +2,8 @@
 
 `/health` and the dashboard read `ClusterMonitor.snapshot()`, which does no
 RPC: two probe threads refresh what it is built from (the catalog's market
-via `list_stocks`, which also says the catalog is up; every replica's
+via `list_stocks`, which also says the catalog is up and whether its latest
+write committed; every replica's
 `status` via the order router) every `interval` seconds. So a burst of polls
 costs nothing on the internal network and can never hold up order handling,
 and what they see is at most about a second old: a probe answer older than
@@ -36,8 +37,14 @@ def health(
     leader: int | None,
     epoch: int,
     cache_stats: dict[str, Any],
+    catalog_writable: bool | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """SPEC section 1 /health body and its HTTP status (503 when orders cannot be taken)."""
+    """SPEC section 1 /health body and its HTTP status (503 when orders cannot be taken).
+
+    `catalog_writable` is False while the catalog's latest write failed (a full
+    disk): it answers lookups but refuses every trade, so orders cannot be taken.
+    None: not known (the catalog is down, or too old to say).
+    """
     leader_status = statuses.get(leader) if leader is not None else None
     leader_last = leader_status.get("last_number") if leader_status else None
     replicas = {}
@@ -61,7 +68,7 @@ def health(
     majority = live >= len(statuses) // 2 + 1 and (
         leader_status is None or leader_status.get("majority") is not False
     )
-    if not (catalog_up and leader_up and majority):
+    if not (catalog_up and catalog_writable is not False and leader_up and majority):
         state = "unavailable"
     elif all(st is not None for st in statuses.values()):
         state = "ok"
@@ -69,7 +76,7 @@ def health(
         state = "degraded"
     data = {
         "status": state,
-        "catalog": {"up": catalog_up},
+        "catalog": {"up": catalog_up, "writable": catalog_writable if catalog_up else None},
         "order": {"leader": leader, "epoch": epoch, "replicas": replicas},
         "cache": cache_stats,
     }
@@ -169,9 +176,15 @@ class ClusterMonitor:
         statuses = self._replicas.fresh(self.stale_after)
         if statuses is None:  # the probe itself is late: nothing known of any replica
             statuses = {rid: None for rid in getattr(self.orders, "clients", {})}
-        catalog_up = self._market.fresh(self.stale_after) is not None
+        answer = self._market.fresh(self.stale_after)
+        writable = answer.get("writable") if isinstance(answer, dict) else None
         return health(
-            catalog_up, statuses, self.orders.leader, self.orders.epoch, self.cache.stats()
+            answer is not None,
+            statuses,
+            self.orders.leader,
+            self.orders.epoch,
+            self.cache.stats(),
+            catalog_writable=writable if isinstance(writable, bool) else None,
         )
 
     def market(self) -> list[dict[str, Any]] | None:

@@ -309,3 +309,54 @@ def test_read_only_data_dir_is_a_one_line_startup_error(cluster, small_disk):
     output = (cluster.root / "catalog.log").read_text()
     assert "Traceback" not in output
     assert "UNAVAILABLE" in output and str(small_disk) in output
+
+
+def test_health_reports_a_full_catalog_disk_then_recovers(cluster, small_disk):
+    """A full disk is on /health (not only in the log), and clears once a trade commits."""
+    cluster.start_all(timeout=60)
+    for _ in range(5):
+        status, body = cluster.http(
+            "POST", "/orders", {"name": "GameStart", "type": "sell", "quantity": 1}
+        )
+        assert status == 200, body
+    fill(small_disk)
+
+    def refused() -> dict | None:
+        # The WAL may reuse space it already has for a while; it soon needs more.
+        status, body = cluster.http(
+            "POST", "/orders", {"name": "FishCo", "type": "sell", "quantity": 1}
+        )
+        assert status in (200, 503), (status, body)
+        return body if status == 503 else None
+
+    body = wait_until(refused, timeout=60, interval=0, msg="the full disk refuses an order")
+    assert body["error"]["code"] == 503, body
+    assert cluster.procs["catalog"].poll() is None, "the catalog died of a full disk"
+
+    def full_disk_shown() -> dict | None:
+        status, body = cluster.http("GET", "/health", timeout=3)
+        data = body["data"]
+        return data if status == 503 and data["catalog"]["writable"] is False else None
+
+    data = wait_until(full_disk_shown, timeout=15, interval=0.1, msg="/health shows the disk")
+    assert data["status"] == "unavailable" and data["catalog"]["up"] is True
+    status, _ = cluster.http("GET", "/stocks/GameStart")
+    assert status == 200  # lookups go on
+
+    (small_disk / "filler").unlink()
+    # Room again: the next order commits and /health turns ok by itself.
+    key = {"Idempotency-Key": "after-the-disk-was-freed"}
+    placed = wait_until(
+        lambda: (
+            cluster.http(
+                "POST", "/orders", {"name": "FishCo", "type": "sell", "quantity": 1}, headers=key
+            )[0]
+            == 200
+        ),
+        timeout=30,
+        interval=0.2,
+        msg="an order after the disk was freed",
+    )
+    assert placed
+    cluster.wait_healthy(timeout=15)
+    assert cluster.health()["data"]["catalog"] == {"up": True, "writable": True}

@@ -20,6 +20,7 @@ class FakeCatalog:
         self.lookups = 0
         self.fail: BazaarError | None = None
         self.up = True
+        self.writable = True
 
     def call(self, method, /, *, timeout=None, idempotent=False, **args):
         if method == "ping":
@@ -29,7 +30,7 @@ class FakeCatalog:
         if method == "list_stocks":
             if not self.up:
                 raise BazaarError("UNAVAILABLE", "down")
-            return {"stocks": [dict(STOCK)]}
+            return {"stocks": [dict(STOCK)], "writable": self.writable}
         assert method == "lookup"
         self.lookups += 1
         if self.fail:
@@ -358,7 +359,7 @@ def test_health_ok(client):
     assert resp.status_code == 200
     data = resp.get_json()["data"]
     assert data["status"] == "ok"
-    assert data["catalog"] == {"up": True}
+    assert data["catalog"] == {"up": True, "writable": True}
     assert data["order"]["leader"] == 3 and data["order"]["epoch"] == 1
     assert data["order"]["replicas"]["1"] == {
         "up": True,
@@ -387,7 +388,19 @@ def test_health_503_when_catalog_down(client, parts):
     parts[0].up = False
     resp = refreshed(client).get("/health")
     assert resp.status_code == 503
-    assert resp.get_json()["data"]["catalog"] == {"up": False}
+    assert resp.get_json()["data"]["catalog"] == {"up": False, "writable": None}
+
+
+def test_health_503_when_the_catalog_cannot_write(client, parts):
+    # A full disk: the catalog answers lookups but refuses every trade.
+    parts[0].writable = False
+    resp = refreshed(client).get("/health")
+    assert resp.status_code == 503
+    data = resp.get_json()["data"]
+    assert data["status"] == "unavailable"
+    assert data["catalog"] == {"up": True, "writable": False}
+    parts[0].writable = True  # the next write committed: back to ok
+    assert refreshed(client).get("/health").get_json()["data"]["status"] == "ok"
 
 
 def test_health_503_when_leader_no_longer_leads(client, parts):
@@ -516,7 +529,7 @@ def test_dashboard_data_from_the_background_view(client, parts):
     assert sum(s["lookups"] for s in data["samples"]) in (0, 1, 2)  # the current second is left out
     parts[0].up = False
     data = refreshed(client).get("/api/dashboard").get_json()["data"]
-    assert data["market"] is None and data["cluster"]["catalog"] == {"up": False}
+    assert data["market"] is None and data["cluster"]["catalog"] == {"up": False, "writable": None}
 
 
 def test_health_polls_cost_no_rpc_per_request(client, parts):

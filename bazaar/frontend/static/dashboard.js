@@ -64,8 +64,10 @@ function renderCluster(c) {
   $("cluster-leader").textContent = c.order.leader == null ? "none" : "replica " + c.order.leader;
   $("cluster-epoch").textContent = String(c.order.epoch);
   const cat = $("cluster-catalog");
-  cat.textContent = c.catalog.up ? "up" : "down";
-  cat.className = c.catalog.up ? "up" : "down";
+  // Up but unable to write (a full disk): it answers lookups, refuses trades.
+  const readOnly = c.catalog.up && c.catalog.writable === false;
+  cat.textContent = !c.catalog.up ? "down" : readOnly ? "up, cannot write (disk full?)" : "up";
+  cat.className = c.catalog.up && !readOnly ? "up" : "down";
   const hits = c.cache.hits || 0, misses = c.cache.misses || 0;
   $("cluster-cache").textContent = hits + misses ? ((100 * hits) / (hits + misses)).toFixed(1) + " %" +
     " (" + hits + " hits, " + misses + " misses)" : "no lookups yet";
