@@ -62,7 +62,7 @@ def serve_role(role: str, cfg: configmod.Config) -> None:
     """Run one role in this process until SIGTERM or SIGINT."""
     stop = threading.Event()
 
-    def on_signal(signum, frame):
+    def on_signal(_signum, _frame):
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

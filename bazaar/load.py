@@ -227,7 +227,7 @@ def run_session(
     stocks: Sequence[str],
     requests: int,
     p: float,
-    tick: Callable[[int], None] = lambda n: None,
+    tick: Callable[[int], None] = lambda _n: None,
 ) -> Recorder:
     """M iterations: look up a random stock; with probability p buy or sell some of it."""
     rec = Recorder()
@@ -375,8 +375,10 @@ def format_outcomes(outcomes: Counter) -> str:
 
 def format_report(report: Report, error_tolerance: float) -> str:
     lines = [
-        f"p={report.p} sessions={report.sessions} requests/session={report.requests} "
-        f"seed={report.seed}",
+        (
+            f"p={report.p} sessions={report.sessions} requests/session={report.requests} "
+            f"seed={report.seed}"
+        ),
         f"load phase {report.load_seconds:.2f}s, verify phase {report.verify_seconds:.2f}s",
         format_table(report.summary()),
         f"outcomes: {format_outcomes(report.rec.outcomes)}",

@@ -170,7 +170,7 @@ def enable(service: str) -> dict[str, Any]:
 
 
 # ---- the RPC server's hook --------------------------------------------------
-def _ignore(method: str, code: str, seconds: float) -> None:
+def _ignore(_method: str, _code: str, _seconds: float) -> None:
     return None
 
 

@@ -127,7 +127,7 @@ class Supervisor:
 def run_all() -> int:
     sup = Supervisor()
 
-    def on_signal(signum, frame):
+    def on_signal(_signum, _frame):
         sup.stop.set()
 
     signal.signal(signal.SIGINT, on_signal)

@@ -29,7 +29,7 @@ MAX_METHOD_LEN = 128
 _REQUEST_KEYS = frozenset({"v", "id", "method", "args", "deadline_ms"})
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def _refuse_ext(code: int, _data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 

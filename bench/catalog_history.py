@@ -136,8 +136,10 @@ def history(sizes: list[int]) -> list[str]:
     lines = [
         f"Catalog history, Python {sys.version.split()[0]}, {os.cpu_count()} cores",
         "",
-        "| trades | RSS MB | peak RSS MB | catalog.db MB | start until ping ms | open ms "
-        "| retry p50 ms | appended trades/s |",
+        (
+            "| trades | RSS MB | peak RSS MB | catalog.db MB | start until ping ms | open ms "
+            "| retry p50 ms | appended trades/s |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| 0 (idle) | {idle / 1024:.1f} | | | | | | |",
     ]

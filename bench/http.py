@@ -64,7 +64,7 @@ def baseline_app():
     app = Flask("baseline")
 
     @app.get("/stocks/<name>")
-    def stock(name):
+    def stock(name):  # noqa: ARG001 (Flask passes the route's variable)
         return CONSTANT
 
     @app.get("/health")
@@ -154,7 +154,7 @@ def serve_granian_mp(make_app, port: int) -> None:
         log_enabled=False,
     )
     # The loader runs in the worker process, after the fork.
-    server.serve(target_loader=lambda *args, **kwargs: make_app(), wrap_loader=False)
+    server.serve(target_loader=lambda *_, **__: make_app(), wrap_loader=False)
 
 
 SERVE = {
@@ -465,8 +465,10 @@ def sweep_plots(out_dir: Path, tmp: Path) -> None:
 def table(results: list[Result]) -> str:
     """Markdown: median req/s over rounds; p50/p99 over all samples."""
     lines = [
-        f"| {'workload':<22} | {'server':<9} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} "
-        f"| {'errors':>6} | {'RSS MB':>6} |",
+        (
+            f"| {'workload':<22} | {'server':<9} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} "
+            f"| {'errors':>6} | {'RSS MB':>6} |"
+        ),
         f"|{'-' * 24}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 8}|",
     ]
     for r in results:
@@ -738,7 +740,7 @@ def python_cost_per_lookup(n: int = 100_000) -> dict[bool, float]:
                     {"PATH_INFO": "/stocks/GameStart", "REQUEST_METHOD": "GET"},
                 )
 
-                def start_response(status, headers, exc_info=None):
+                def start_response(*_):
                     return None
 
                 for _ in range(5):

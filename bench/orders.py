@@ -67,7 +67,7 @@ def serve_fake_catalog(port: int) -> None:
             }
 
     @server.method()
-    def trade(key, name, type, quantity, epoch, leader=None):
+    def trade(key, name, type, quantity, epoch, leader=None):  # noqa: ARG001 (the catalog's RPC)
         with lock:
             if epoch < fenced[0]:
                 raise BazaarError("ABORTED", "fenced", {"epoch": fenced[0]})
@@ -85,7 +85,7 @@ def serve_fake_catalog(port: int) -> None:
             return by_key[key]
 
     @server.method()
-    def fence(epoch, leader=None):
+    def fence(epoch, leader=None):  # noqa: ARG001 (the catalog's RPC)
         with lock:
             fenced[0] = max(fenced[0], epoch)
             return {"epoch": fenced[0]}

@@ -74,9 +74,9 @@ def main(args: list[str]) -> int:
     for host in hosts:
         endpoint = f"tcp://{host}"
         for mode in ("plaintext", "curve-own-keys"):
-            for method, args in CALLS:
+            for method, call_args in CALLS:
                 tried += 1
-                if attempt(ctx, endpoint, mode, method, args):
+                if attempt(ctx, endpoint, mode, method, call_args):
                     answered.append(f"{host} {mode} {method}")
     ctx.term()
     print(json.dumps({"tried": tried, "answered": answered}))

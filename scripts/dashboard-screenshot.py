@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.system.cluster import Cluster  # noqa: E402
-from tests.system.test_dashboard_browser import ARGS, CHROMIUM  # noqa: E402
+from tests.system.cluster import Cluster
+from tests.system.test_dashboard_browser import ARGS, CHROMIUM
 
 
 def main(out: str, seconds: int = 40) -> None:

@@ -287,8 +287,12 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         rid = request_id()
-        log.exception(
-            "request %s: unexpected error on %s %s", rid, request.method, request.path[:200]
+        log.error(
+            "request %s: unexpected error on %s %s",
+            rid,
+            request.method,
+            request.path[:200],
+            exc_info=exc,
         )
         return error_response(500, f"internal error (request id {rid})")
 
@@ -298,7 +302,7 @@ def _register_routes(app: Flask, catalog, orders, cache: LookupCache) -> None:
     def lookup(name: str):
         body = None if request.environ.get("bazaar.cache_checked") else cache.get(name)
         if body is None:
-            token = cache.begin(name)
+            token = cache.begin()
             stock = catalog.call("lookup", name=name, timeout=LOOKUP_TIMEOUT, idempotent=True)
             data = {k: stock.get(k) for k in STOCK_FIELDS}
             body = json.dumps({"data": data}, separators=(",", ":")).encode()

@@ -4,7 +4,7 @@
 stores the encoded response body). It never serves data older than an
 invalidation it has seen:
 
-- Fills are guarded by a logical clock. `begin(name)` returns a token before
+- Fills are guarded by a logical clock. `begin()` returns a token before
   the catalog is asked; `fill(name, value, token)` stores the answer only if
   neither that name nor the whole cache was invalidated since. So a lookup
   racing with an invalidation can never put stale data back.
@@ -63,7 +63,7 @@ class LookupCache:
             self.hits += 1
             return value
 
-    def begin(self, name: str) -> int | None:
+    def begin(self) -> int | None:
         """A fill token taken *before* asking the catalog; None when filling is off."""
         if self.capacity == 0:
             return None

@@ -175,7 +175,7 @@ class ClusterMonitor:
         self._wait_first()
         statuses = self._replicas.fresh(self.stale_after)
         if statuses is None:  # the probe itself is late: nothing known of any replica
-            statuses = {rid: None for rid in getattr(self.orders, "clients", {})}
+            statuses = dict.fromkeys(getattr(self.orders, "clients", {}))
         answer = self._market.fresh(self.stale_after)
         writable = answer.get("writable") if isinstance(answer, dict) else None
         return health(

@@ -108,7 +108,11 @@ def drain_body(app):
         if not _has_body(environ):  # GET lookups: no body, no read (a round trip into Rust)
             return app(environ, start_response)
         held: list = []
-        result = app(environ, lambda status, headers, exc_info=None: held.append((status, headers)))
+
+        def hold(status, headers, exc_info=None):  # noqa: ARG001 (start_response's signature)
+            held.append((status, headers))
+
+        result = app(environ, hold)
         status, headers = held[-1]
         if not _drain(environ.get("wsgi.input")):
             headers = [h for h in headers if h[0].lower() != "connection"]

@@ -21,7 +21,7 @@ def server():
         return value
 
     @srv.method()
-    def slow(seconds: float, key: str | None = None):
+    def slow(seconds: float, key: str | None = None):  # noqa: ARG001 (callers send a key)
         with lock:
             calls["slow"] += 1
         release.wait(seconds)

@@ -302,7 +302,8 @@ def exported(data_dir) -> dict[str, tuple[int, int]]:
     return {s.name: (s.quantity, s.volume) for s in export.read_market(data_dir)}
 
 
-def test_an_acknowledged_trade_is_in_the_database_at_once(service, client, data_dir):
+@pytest.mark.usefixtures("service")
+def test_an_acknowledged_trade_is_in_the_database_at_once(client, data_dir):
     for i in range(5):
         client.call("trade", **trade_args(f"k{i}", "Scarce"))
         assert exported(data_dir)["Scarce"] == (9 - i, i + 1)  # while the catalog runs

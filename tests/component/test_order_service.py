@@ -216,7 +216,8 @@ def test_restarted_follower_catches_up(trio):
     trio.wait_identical()
 
 
-def test_failover_keeps_every_acknowledged_order(trio, catalog):
+@pytest.mark.usefixtures("catalog")
+def test_failover_keeps_every_acknowledged_order(trio):
     trio.elect(3)
     acked = {trio.order(3, key=f"a{i}"): f"a{i}" for i in range(10)}
     trio.stop(3)
@@ -241,7 +242,8 @@ def test_orphaned_catalog_trade_is_committed_by_the_next_leader(trio, catalog):
     assert trio.order(2, key="orphan", name="FishCo", type="sell", quantity=7) == 1
 
 
-def test_deposed_leader_cannot_commit(trio, catalog):
+@pytest.mark.usefixtures("catalog")
+def test_deposed_leader_cannot_commit(trio):
     trio.elect(3)
     trio.order(3)
     # Elect 2 behind 3's back (3 does not hear of it): 3 is now a stale leader.

@@ -42,7 +42,7 @@ def doc_block(marker: str) -> str:
 class MakeRunCluster(Cluster):
     """Every service in one ./data, as `make run` (bazaar run-all) lays it out."""
 
-    def data_dir(self, name: str) -> Path:
+    def data_dir(self, name: str) -> Path:  # noqa: ARG002 (one ./data for every name)
         path = self.root / "data"
         path.mkdir(parents=True, exist_ok=True)
         return path

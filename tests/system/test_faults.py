@@ -197,14 +197,16 @@ def test_kill_leader_repeatedly(cluster, trading, seed):
 
 
 @pytest.mark.chaos
-def test_chaos_kill_leader_twenty_times(chaos_only, cluster, trading, seed):
+@pytest.mark.usefixtures("chaos_only")
+def test_chaos_kill_leader_twenty_times(cluster, trading, seed):
     kill_leader_rounds(cluster, trading, 22, random.Random(seed))
     trading.finish()
     check_invariants(cluster, trading)
 
 
 @pytest.mark.chaos
-def test_chaos_mixed_faults(chaos_only, cluster, trading, seed):
+@pytest.mark.usefixtures("chaos_only")
+def test_chaos_mixed_faults(cluster, trading, seed):
     """One fault at a time, chosen at random: kill or pause the leader, kill a
     follower, kill the catalog; each healed before the next."""
     rng = random.Random(seed)
@@ -340,7 +342,8 @@ def fill(path) -> None:
                     fh.write(b"\0" * chunk)
 
 
-def test_full_disks_give_clear_errors_and_lose_nothing(small_disks, tmp_path, seed):
+@pytest.mark.usefixtures("small_disks")
+def test_full_disks_give_clear_errors_and_lose_nothing(tmp_path, seed):
     with Cluster(tmp_path) as cluster:
         cluster.start_all()
         traders = Traders(cluster, seed).start()

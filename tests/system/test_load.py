@@ -49,7 +49,7 @@ def test_load_sweep_plots_p50_against_p(cluster, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_load_fails_on_a_dead_front_end(tmp_path):
+def test_load_fails_on_a_dead_front_end():
     from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"

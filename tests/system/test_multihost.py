@@ -79,7 +79,7 @@ class NamedCluster(NetCluster):
 
     def __post_init__(self):
         super().__post_init__()
-        self.order_ports = {rid: ORDER_PORT for rid in (1, 2, 3)}
+        self.order_ports = dict.fromkeys((1, 2, 3), ORDER_PORT)
         self.catalog_endpoint = f"tcp://catalog:{self.catalog_port}"
         self.pub_endpoint = f"tcp://catalog:{self.pub_port}"
         self.order_endpoints = {rid: f"tcp://order{rid}:{ORDER_PORT}" for rid in (1, 2, 3)}
@@ -183,6 +183,6 @@ def scrape(url: str) -> str:
 
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not exposed")

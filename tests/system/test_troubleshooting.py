@@ -81,8 +81,8 @@ def test_second_catalog_on_one_data_dir(tmp_path):
     (tmp_path / "data").mkdir()
     lock = tmp_path / "data" / "catalog.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import fcntl,sys,time; f=open({str(lock)!r},'w'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", (f"import fcntl,sys,time; f=open({str(lock)!r},'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip

@@ -59,7 +59,7 @@ class Sim:
         self.pending: dict[int, list] = {i: [] for i in ids}
         self.wire: list[tuple] = []  # (src, dst, kind, payload)
         self.sent: list[tuple] = []
-        self.acked: dict[int, int] = {i: -1 for i in ids}  # leader id -> acknowledged upto
+        self.acked: dict[int, int] = dict.fromkeys(ids, -1)  # leader id -> acknowledged upto
         self.aborted: list[tuple[int, int]] = []
         self.down: set[int] = set()
         self.saved: dict[int, tuple] = {}

@@ -14,7 +14,7 @@ def live_cache(capacity: int = 3) -> LookupCache:
 
 
 def put(cache: LookupCache, name: str, value) -> bool:
-    return cache.fill(name, value, cache.begin(name))
+    return cache.fill(name, value, cache.begin())
 
 
 def test_lru_evicts_least_recently_used_and_counts():
@@ -39,7 +39,7 @@ def test_capacity_zero_is_off():
 
 def test_not_live_means_no_fill_and_no_hits():
     cache = LookupCache(10)
-    assert cache.begin("a") is None
+    assert cache.begin() is None
     assert not cache.fill("a", 1, 0)
     cache.set_live(True)
     put(cache, "a", 1)
@@ -50,7 +50,7 @@ def test_not_live_means_no_fill_and_no_hits():
 
 def test_invalidation_during_lookup_blocks_the_stale_fill():
     cache = live_cache()
-    token = cache.begin("GameStart")  # lookup starts, asks the catalog...
+    token = cache.begin()  # lookup starts, asks the catalog...
     cache.invalidate("GameStart")  # ...a trade's invalidation arrives meanwhile
     assert not cache.fill("GameStart", "old", token)
     assert cache.get("GameStart") is None
@@ -60,14 +60,14 @@ def test_invalidation_during_lookup_blocks_the_stale_fill():
 
 def test_invalidation_of_another_name_does_not_block_fill():
     cache = live_cache()
-    token = cache.begin("a")
+    token = cache.begin()
     cache.invalidate("b")
     assert cache.fill("a", 1, token)
 
 
 def test_flush_during_lookup_blocks_the_fill():
     cache = live_cache()
-    token = cache.begin("a")
+    token = cache.begin()
     cache.flush()
     assert not cache.fill("a", 1, token)
 
@@ -171,7 +171,7 @@ def test_silence_flushes_and_turns_off_until_next_message():
     state.tick(3.1)
     assert cache.get("b") is None
     assert not cache.live
-    assert cache.begin("b") is None
+    assert cache.begin() is None
     state.handle(b"heartbeat", {"seq": 0, "boot": "x"}, now=5.0)
     assert cache.live
 

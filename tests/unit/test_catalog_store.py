@@ -517,7 +517,7 @@ def test_failed_write_is_unavailable_and_trading_resumes(catalog, monkeypatch):
     buy(catalog, "before", "DruidCo", 1)
     real = db.commit_batch
 
-    def full(*args):
+    def full(*_args):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(db, "commit_batch", full)
@@ -543,7 +543,7 @@ def test_trades_decided_on_top_of_a_failed_write_fail_too(catalog, monkeypatch):
     real = db.commit_batch
     entered, release = threading.Event(), threading.Event()
 
-    def slow_then_full(conn, trades, stocks, fence):
+    def slow_then_full(*_args):
         entered.set()
         release.wait(10)
         raise sqlite3.OperationalError("database or disk is full")

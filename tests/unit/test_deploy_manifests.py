@@ -230,7 +230,7 @@ def test_the_admin_client_pod_gets_the_client_key_only(tmp_path):
     assert copied == {**dict.fromkeys(PUBLIC_KEYS, 0o444), "client.key_secret": 0o400}
 
 
-def test_order_id_is_the_ordinal_plus_one(tmp_path):
+def test_order_id_is_the_ordinal_plus_one():
     script = " ".join(main_container("order")["args"])
     assert script.endswith("exec bazaar order"), "bazaar must replace the shell (SIGTERM)"
     probe = script.replace("exec bazaar order", 'echo "$BAZAAR_ORDER_ID"')

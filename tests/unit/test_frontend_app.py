@@ -22,7 +22,7 @@ class FakeCatalog:
         self.up = True
         self.writable = True
 
-    def call(self, method, /, *, timeout=None, idempotent=False, **args):
+    def call(self, method, /, *, timeout=None, idempotent=False, **args):  # noqa: ARG002 (the real Client's signature)
         if method == "ping":
             if not self.up:
                 raise BazaarError("UNAVAILABLE", "down")
@@ -64,7 +64,7 @@ class FakeOrders:
         _, name, kind, quantity = self.placed[number]
         return {"number": number, "name": name, "type": kind, "quantity": quantity, "key": "x"}
 
-    def statuses(self, timeout=None):
+    def statuses(self, timeout=None):  # noqa: ARG002 (the real signature)
         return {
             rid: (
                 {"id": rid, "last_number": None, "role": "x", "leader": self.leader} if up else None
@@ -406,7 +406,7 @@ def test_health_503_when_the_catalog_cannot_write(client, parts):
 def test_health_503_when_leader_no_longer_leads(client, parts):
     parts[1].leader = 3
     real = parts[1].statuses
-    parts[1].statuses = lambda timeout=None: {**real(), 3: {"id": 3, "leader": None, "epoch": 1}}
+    parts[1].statuses = lambda *_, **__: {**real(), 3: {"id": 3, "leader": None, "epoch": 1}}
     assert refreshed(client).get("/health").status_code == 503
 
 

@@ -29,7 +29,7 @@ class FakeReplica:
     def call(self, method, /, *, timeout=None, idempotent=False, retry=None, **args):
         return self.call_args(method, args, timeout=timeout, idempotent=idempotent, retry=retry)
 
-    def call_args(self, method, args, *, timeout=None, idempotent=False, retry=None):
+    def call_args(self, method, args, *, timeout=None, idempotent=False, retry=None):  # noqa: ARG002 (the real signature)
         self.calls.append((method, dict(args)))
         if self.down:
             raise BazaarError("UNAVAILABLE", f"replica {self.rid} unreachable")

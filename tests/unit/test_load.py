@@ -19,7 +19,7 @@ class FakeBazaar:
 
     def __init__(self, quantity: int = 100, corrupt: dict[int, dict] | None = None):
         self.lock = threading.Lock()
-        self.stocks = {n: quantity for n in load.DEFAULT_STOCKS}
+        self.stocks = dict.fromkeys(load.DEFAULT_STOCKS, quantity)
         self.orders: list[dict] = []
         self.keys: dict[str, int] = {}
         self.corrupt = corrupt or {}

@@ -116,7 +116,7 @@ def test_http_meter_counts_routes_methods_and_codes():
     wrapped = meter.wrap(app)
     requests = [("/stocks/A", "GET"), ("/stocks/B", "GET"), ("/nope", "BREW"), ("/stocks/C", "GET")]
     for path, method in requests:
-        assert wrapped({"PATH_INFO": path, "REQUEST_METHOD": method}, lambda *a: None) == [b"x"]
+        assert wrapped({"PATH_INFO": path, "REQUEST_METHOD": method}, lambda *_: None) == [b"x"]
     assert len(meter._queue) < 2  # drained on the request path once a batch waits
     families = {f.name: f for f in meter.collect()}
     counts = {tuple(s.labels.values()): s.value for s in families["bazaar_http_requests"].samples}
