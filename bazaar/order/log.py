@@ -20,140 +20,34 @@ Rules:
   epoch changes), so answering a peer never scans the log.
 - This module never decides what to write: that is `replication`'s job. The
   one-time import of the CSV files of the release before SQLite is
-  `bazaar.order.legacy`'s.
+  `bazaar.order.legacy`'s. The record itself is `bazaar.order.record`; the
+  schema, connections and outside reads are `bazaar.order.logdb`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bazaar.errors import BazaarError
+from bazaar.order.logdb import (  # noqa: F401 (re-exported: the log's readers use them)
+    COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    LogCorrupt,
+    db_path,
+    disk_error,
+    read_only_rows,
+)
+from bazaar.order.logdb import connect as _connect
+from bazaar.order.logdb import to_record as _record
+from bazaar.order.record import FIELDS, ORDER_TYPES, Record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("number", "name", "type", "quantity", "key", "trade_seq", "epoch")
-ORDER_TYPES = ("buy", "sell")
-CACHE_KIB = 1024  # page cache per connection: bounded, whatever the history
 WATERMARK_SAVE_EVERY = 10_000  # seqs: a restart recomputes at most this much
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    number    INTEGER PRIMARY KEY,
-    epoch     INTEGER NOT NULL,
-    key       TEXT    NOT NULL UNIQUE,
-    name      TEXT    NOT NULL,
-    type      TEXT    NOT NULL CHECK (type IN ('buy', 'sell')),
-    quantity  INTEGER NOT NULL CHECK (quantity > 0),
-    trade_seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS records_trade_seq ON records (trade_seq)
-    WHERE trade_seq IS NOT NULL;
-CREATE TABLE IF NOT EXISTS epoch_runs (
-    first_number INTEGER PRIMARY KEY,
-    epoch        INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS trade_watermark (
-    id  INTEGER PRIMARY KEY CHECK (id = 0),
-    seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS replica_state (
-    id     INTEGER PRIMARY KEY CHECK (id = 0),
-    epoch  INTEGER NOT NULL,
-    leader INTEGER
-);
-"""
-COLUMNS = "number, name, type, quantity, key, trade_seq, epoch"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    number: int
-    name: str
-    type: str
-    quantity: int
-    key: str
-    trade_seq: int | None
-    epoch: int
-
-    def to_wire(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_wire(cls, data: dict) -> Record:
-        """Strictly typed from a msgpack map; raises ValueError on anything odd."""
-        if not isinstance(data, dict) or set(data) != set(FIELDS):
-            raise ValueError(f"record must have exactly the keys {FIELDS}")
-        ints = ("number", "quantity", "epoch")
-        if any(type(data[k]) is not int for k in ints):
-            raise ValueError("number, quantity and epoch must be integers")
-        if data["trade_seq"] is not None and type(data["trade_seq"]) is not int:
-            raise ValueError("trade_seq must be an integer or null")
-        if not all(isinstance(data[k], str) for k in ("name", "type", "key")):
-            raise ValueError("name, type and key must be strings")
-        return cls(**data)
-
-    def public(self) -> dict:
-        return {
-            "number": self.number,
-            "name": self.name,
-            "type": self.type,
-            "quantity": self.quantity,
-        }
-
-    def wire_size(self) -> int:
-        """A bound on its msgpack size (for paging replies under the message limit)."""
-        return 64 + len(self.name.encode()) + len(self.key.encode()) + len(self.type)
-
-
-class LogCorrupt(BazaarError):
-    def __init__(self, message: str):
-        super().__init__("DATA_LOSS", message)
-
-
-def disk_error(action: str, exc: Exception) -> BazaarError:
-    """A clear UNAVAILABLE error; a full disk says so in the words of the OS."""
-    text = str(exc)
-    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in text:
-        text = f"{os.strerror(errno.ENOSPC)} ({text})"
-    elif isinstance(exc, OSError):
-        text = exc.strerror or text
-    return BazaarError("UNAVAILABLE", f"order log: cannot {action}: {text}")
-
-
-def db_path(data_dir: Path, replica_id: int) -> Path:
-    return Path(data_dir) / f"orders-{replica_id}.db"
-
-
-def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    if read_only:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-            check_same_thread=False,
-        )  # fmt: skip
-        conn.execute("PRAGMA query_only = ON")
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        # A small WAL, reset after each checkpoint: a nearly full disk has room
-        # for the log itself, and the file never grows with the history.
-        conn.execute("PRAGMA wal_autocheckpoint = 256")
-        conn.execute("PRAGMA journal_size_limit = 1048576")
-    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def _record(row) -> Record:
-    return Record(*row)
 
 
 class OrderLog:
@@ -471,24 +365,3 @@ class OrderLog:
 
         self._transaction("import the old log", work)
         self._last = self._read_last()
-
-
-# ---- reading a log from outside the replica (export, tests) -----------------------
-def read_only_rows(path: Path, columns: str = COLUMNS) -> Iterator[tuple]:
-    """Every record of the database at `path`, in order, through a read-only connection.
-
-    Safe while the replica runs (WAL readers never block its writer). Raises
-    BazaarError NOT_FOUND when there is no such database.
-    """
-    if not Path(path).exists():
-        raise BazaarError("NOT_FOUND", f"no order log at {path}")
-    try:
-        conn = _connect(Path(path), read_only=True)
-    except sqlite3.Error as exc:
-        raise disk_error(f"open {path}", exc) from None
-    try:
-        yield from conn.execute(f"SELECT {columns} FROM records ORDER BY number")
-    except sqlite3.Error as exc:
-        raise disk_error(f"read {path}", exc) from None
-    finally:
-        conn.close()

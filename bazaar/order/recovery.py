@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bazaar.errors import BazaarError, invalid, unavailable
 from bazaar.order import replication as rep
-from bazaar.order.log import Record
+from bazaar.order.record import Record
 
 log = logging.getLogger("bazaar.order.service")
 

@@ -7,7 +7,9 @@ down and when as back, and how a log that diverged is repaired. It never
 touches a socket, a file, a thread or a clock: `bazaar.order.service` feeds it
 requests, replies, durability notices and the time, and performs the actions
 it returns (`Persist`, `Truncate`, `SaveState`, `Send`, `Acknowledge`,
-`Abort`). Tests drive it with a fake network and clock.
+`Abort`, in `bazaar.order.messages`). Tests drive it with a fake network
+and clock. Its log (durable records plus the tail in flight) is a
+`bazaar.order.tail.LogTail`; catch-up planning is `bazaar.order.catch_up`.
 
 Memory: the machine holds positions (last number, `durable`, `commit`, each
 follower's `match`/`next`) and the records in flight (`tail`, appended but
@@ -54,71 +56,36 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 
 from bazaar.errors import BazaarError
-from bazaar.order.log import Record
+from bazaar.order.catch_up import (  # noqa: F401 (re-exported: `rep.plan_catch_up`, ...)
+    PeerLog,
+    common_prefix,
+    plan_catch_up,
+    plan_recovery,
+    resend_from,
+    up_to_date,
+)
+from bazaar.order.messages import (  # noqa: F401 (re-exported: the machine's vocabulary)
+    FOLLOWER,
+    LEADER,
+    RECOVERING,
+    Abort,
+    Acknowledge,
+    LogView,
+    Persist,
+    Replicate,
+    ReplicateReply,
+    SaveState,
+    Send,
+    Truncate,
+    aborted,
+    not_leader,
+)
+from bazaar.order.record import Record
+from bazaar.order.tail import LogTail
 
-FOLLOWER, RECOVERING, LEADER = "follower", "recovering", "leader"
 MAJORITY_SILENCE = 2.0  # seconds without a word from enough followers: no majority
-
-
-# ---- messages -------------------------------------------------------------
-class Replicate(NamedTuple):
-    epoch: int
-    leader: int
-    prev_number: int
-    prev_epoch: int | None
-    records: tuple[Record, ...]
-
-
-class ReplicateReply(NamedTuple):
-    epoch: int
-    ok: bool
-    last_number: int  # the follower's last record (on ok=False: where to resend after)
-    matched: int  # ok=True: the follower holds the leader's log up to here, durably
-    prev: int | None = None  # the prev_number of the request answered (stale answers: ignored)
-    conflict_epoch: int | None = None  # ok=False: the follower's epoch at prev (fast back-up)
-
-
-# ---- actions --------------------------------------------------------------
-class SaveState(NamedTuple):
-    epoch: int
-    leader: int | None
-
-
-class Persist(NamedTuple):
-    records: tuple[Record, ...]
-
-
-class Truncate(NamedTuple):
-    from_number: int
-
-
-class Send(NamedTuple):
-    to: int
-    message: Replicate
-
-
-class Acknowledge(NamedTuple):
-    upto: int  # every pending order numbered <= upto is committed
-
-
-class Abort(NamedTuple):
-    from_number: int  # pending orders numbered >= this will not be acknowledged here
-    error: BazaarError
-
-
-def aborted(message: str, epoch: int) -> BazaarError:
-    return BazaarError("ABORTED", message, {"epoch": epoch})
-
-
-def not_leader(leader: int | None, epoch: int, why: str = "not the leader") -> BazaarError:
-    return BazaarError(
-        "UNAVAILABLE",
-        f"order replica: {why}",
-        {"not_leader": True, "leader": leader, "epoch": epoch},
-    )
 
 
 @dataclass
@@ -134,23 +101,7 @@ class Follower:
     heard: float = float("-inf")  # when it last answered anything
 
 
-class LogView(Protocol):
-    """The read-only view of the durable log that `Replica` reads through.
-
-    The service passes its `OrderLog` (SQLite); tests pass a list in memory.
-    The machine reads it only at numbers it knows durable (<= `durable`), so a
-    write or truncation still under way never shows through it.
-    """
-
-    def last(self) -> tuple[int, int]: ...  # (number, epoch) of the last record; (-1, 0)
-    def get(self, number: int) -> Record | None: ...
-    def epoch_at(self, number: int) -> int | None: ...
-    def records_between(self, first: int, last: int) -> list[Record]: ...  # inclusive
-    def number_of(self, key: str) -> int | None: ...
-    def epoch_runs(self, upto: int | None = None) -> list[list[int]]: ...  # [[epoch, first]]
-
-
-class Replica:
+class Replica(LogTail):
     """The replication state of one order replica.
 
     It holds positions (last, durable, commit, each follower's match/next)
@@ -174,10 +125,7 @@ class Replica:
     ):
         self.id = replica_id
         self.peers = [p for p in peers if p != replica_id]
-        self.log = log
-        self.durable = log.last()[0]  # records 0..durable are read through `log`
-        self.tail: list[Record] = []  # durable+1..last_number: in flight, in memory
-        self.tail_keys: dict[str, int] = {}
+        super().__init__(log)
         self.epoch = epoch
         self.leader = leader
         self.role = FOLLOWER
@@ -188,58 +136,6 @@ class Replica:
         self.probe_interval = probe_interval
         self.batch = batch
         self.window = window
-
-    # ---- views ------------------------------------------------------------
-    @property
-    def last_number(self) -> int:
-        return self.durable + len(self.tail)
-
-    def epoch_at(self, number: int) -> int | None:
-        if number < 0 or number > self.last_number:
-            return None
-        if number > self.durable:
-            return self.tail[number - self.durable - 1].epoch
-        return self.log.epoch_at(number)
-
-    def last_epoch(self) -> int:
-        return self.epoch_at(self.last_number) or 0
-
-    def get(self, number: int) -> Record | None:
-        """Record `number` of this log (durable or in flight), or None."""
-        if number < 0 or number > self.last_number:
-            return None
-        if number > self.durable:
-            return self.tail[number - self.durable - 1]
-        return self.log.get(number)
-
-    def records_between(self, first: int, last: int) -> list[Record]:
-        """Records first..last (inclusive, clipped to this log)."""
-        first, last = max(first, 0), min(last, self.last_number)
-        if first > last:
-            return []
-        durable = min(last, self.durable)
-        records = self.log.records_between(first, durable) if first <= durable else []
-        if last > self.durable:
-            records += self.tail[max(first - self.durable - 1, 0) : last - self.durable]
-        return records
-
-    def number_of(self, key: str) -> int | None:
-        """The number of the record with this key, durable or in flight."""
-        number = self.tail_keys.get(key)
-        if number is None:
-            number = self.log.number_of(key)
-            if number is not None and number > self.durable:
-                number = None  # on disk, but being truncated
-        return number
-
-    def epoch_runs(self, upto: int | None = None) -> list[list[int]]:
-        """[[epoch, first number], ...] of this log: enough to find where two logs diverge."""
-        upto = self.last_number if upto is None else min(upto, self.last_number)
-        runs = self.log.epoch_runs(min(upto, self.durable)) if self.durable >= 0 else []
-        for r in self.tail[: max(0, upto - self.durable)]:
-            if not runs or runs[-1][0] != r.epoch:
-                runs.append([r.epoch, r.number])
-        return runs
 
     # ---- epochs -----------------------------------------------------------
     def epoch_change(self, epoch: int, leader: int) -> bool:
@@ -371,12 +267,7 @@ class Replica:
         """
         upto = min(upto, self.last_number)
         if upto > self.durable and self.log.epoch_at(upto) == self.epoch_at(upto):
-            done = upto - self.durable
-            for r in self.tail[:done]:
-                if self.tail_keys.get(r.key) == r.number:
-                    del self.tail_keys[r.key]
-            del self.tail[:done]
-            self.durable = upto
+            self.trim(upto)
         if self.role != LEADER:
             return []
         return self._stream(now) + self._advance_commit()
@@ -397,11 +288,6 @@ class Replica:
         self._cut(lost)
         return actions
 
-    def reset_log(self) -> None:
-        """After a disk error: what is on disk is the truth (a follower's view only)."""
-        self.tail, self.tail_keys = [], {}
-        self.durable = self.log.last()[0]
-
     def adopt(self, truncate_from: int | None, records: list[Record]) -> list:
         """Catch-up: drop our divergent tail, append a peer's records that follow our log."""
         if self.role == LEADER:
@@ -415,22 +301,10 @@ class Replica:
         return actions
 
     def _append(self, records: list[Record]) -> Persist:
-        for r in records:
-            if r.number != self.last_number + 1:
-                raise BazaarError("INVALID_ARGUMENT", f"record {r.number} is not consecutive")
-            self.tail.append(r)
-            self.tail_keys[r.key] = r.number
-        return Persist(tuple(records))
+        return self.append(records)
 
     def _cut(self, number: int) -> Truncate:
-        if number <= self.durable:  # durable records go: the disk drops them later
-            self.tail, self.tail_keys = [], {}
-            self.durable = number - 1
-        else:
-            for r in self.tail[number - self.durable - 1 :]:
-                if self.tail_keys.get(r.key) == r.number:
-                    del self.tail_keys[r.key]
-            del self.tail[number - self.durable - 1 :]
+        self.cut(number)
         for f in self.followers.values():
             f.next = min(f.next, number)
         return Truncate(number)
@@ -454,29 +328,9 @@ class Replica:
         else:
             if reply.prev is not None and all(p != reply.prev for p, _, _ in f.inflight):
                 return []  # answers a message from before our last restart: already handled
-            f.next = self._resend_from(reply)
+            f.next = resend_from(self.epoch_runs(), self.last_number, reply)
             f.inflight = []
         return self._stream(now) + self._advance_commit()
-
-    def _resend_from(self, reply: ReplicateReply) -> int:
-        """Where to restart a follower that refused a batch (Raft's fast back-up).
-
-        The follower names the start of its run of `conflict_epoch` holding
-        `prev` (`last_number` + 1). Where our log holds that epoch too over
-        part of that run, the logs agree up to its end (log matching), so we
-        restart after it instead of resending the follower's whole run.
-        """
-        restart = min(reply.last_number, self.last_number) + 1
-        if reply.conflict_epoch is None or reply.prev is None:
-            return restart
-        runs = self.epoch_runs()
-        for epoch, first in runs:
-            if epoch == reply.conflict_epoch:
-                end = _run_end(runs, self.last_number, first)
-                lo, hi = max(restart, first), min(reply.prev - 1, end)
-                if lo <= hi:
-                    restart = hi + 1
-        return restart
 
     def _on_refusal(self, error: BazaarError) -> list:
         epoch = error.details.get("epoch") if error.code == "ABORTED" else None
@@ -575,81 +429,3 @@ class Replica:
             p: {"up": f.up, "alive": f.alive, "last_number": f.match if f.match >= 0 else None}
             for p, f in self.followers.items()
         }
-
-
-# ---- catch-up planning (pure) ------------------------------------------------
-class PeerLog(NamedTuple):
-    """A peer's answer to `catch_up`: its epoch runs, its last record, the records sent."""
-
-    peer: int
-    last_number: int
-    runs: list[list[int]]
-    records: list[Record]
-    more: bool = False
-    promised: bool = False  # it saved our epoch: a vote for us
-
-
-def epoch_of(runs: list[list[int]], last: int, number: int) -> int | None:
-    """The epoch of `number` in a log described by its runs."""
-    if number < 0 or number > last:
-        return None
-    for epoch, first in reversed(runs):
-        if first <= number:
-            return epoch
-    return None
-
-
-def common_prefix(a_runs, a_last, b_runs, b_last) -> int:
-    """Last number where two logs agree (log matching: same epoch there => same prefix)."""
-    best = -1
-    for epoch_a, first_a in a_runs:
-        for epoch_b, first_b in b_runs:
-            if epoch_a != epoch_b:
-                continue
-            end_a = _run_end(a_runs, a_last, first_a)
-            end_b = _run_end(b_runs, b_last, first_b)
-            start, end = max(first_a, first_b), min(end_a, end_b)
-            if start <= end:
-                best = max(best, end)
-    return best
-
-
-def _run_end(runs, last, first) -> int:
-    later = [f for _, f in runs if f > first]
-    return min(later) - 1 if later else last
-
-
-def up_to_date(runs: list[list[int]], last: int) -> tuple[int, int]:
-    """Raft's order of logs: the later last epoch wins, then the longer log."""
-    return (runs[-1][0] if runs else 0, last)
-
-
-def plan_catch_up(replica: Replica, answers: list[PeerLog]) -> tuple[int | None, PeerLog | None]:
-    """Which peer to adopt and from where: (truncate_from or None, peer) or (None, None).
-
-    Adopt the most up-to-date log among ours and the peers'; when it is a
-    peer's, keep our common prefix with it and take the rest from it.
-    """
-    mine = up_to_date(replica.epoch_runs(), replica.last_number)
-    best = max(answers, key=lambda a: up_to_date(a.runs, a.last_number), default=None)
-    if best is None or up_to_date(best.runs, best.last_number) <= mine:
-        return None, None
-    prefix = common_prefix(replica.epoch_runs(), replica.last_number, best.runs, best.last_number)
-    truncate = prefix + 1 if prefix < replica.last_number else None
-    return truncate, best
-
-
-def plan_recovery(replica: Replica, answers: list[PeerLog]) -> tuple[int | None, PeerLog | None]:
-    """An elected replica's catch-up plan from its peers' answers to its promise request.
-
-    Only a majority of promises (ourselves counted) lets it lead: any
-    majority shares a replica with the one that holds each acknowledged
-    record, so adopting the best log among the promisers' keeps them all.
-    Raises UNAVAILABLE (ask again later) without one; else `plan_catch_up`.
-    """
-    votes = 1 + sum(1 for a in answers if a.promised)
-    if votes < replica.quorum():
-        raise BazaarError(
-            "UNAVAILABLE", f"only {votes} of {len(replica.peers) + 1} replicas promised"
-        )
-    return plan_catch_up(replica, answers)

@@ -45,14 +45,7 @@ CATCH_UP_PER_CALLER = 4  # catch_up calls one peer may have running here at once
 class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
     """A running order replica; `start()` then `stop()` (or `run` for the CLI)."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        endpoint: str | None = None,
-        follower_timeout: float = 0.5,
-        context: zmq.Context | None = None,
-    ):
+    def __init__(self, config: Config, *, follower_timeout: float = 0.5):
         self.config = config
         self.id = config.order_id
         self.endpoints = dict(config.order_replicas)
@@ -61,8 +54,8 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self.keys = security.for_service(
             config.keys_path, config.insecure, security.replica_role(self.id)
         )
-        self._ctx = context or zmq.Context.instance()
-        self._endpoint = endpoint or config.bind(self.endpoints[self.id])
+        self._ctx = zmq.Context.instance()
+        self._endpoint = config.bind(self.endpoints[self.id])
         self._follower_timeout = follower_timeout
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # log, durability, roles
