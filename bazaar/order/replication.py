@@ -66,7 +66,7 @@ from bazaar.order.catch_up import (  # noqa: F401 (re-exported: `rep.plan_catch_
     resend_from,
     up_to_date,
 )
-from bazaar.order.messages import (  # noqa: F401 (re-exported: the machine's vocabulary)
+from bazaar.order.messages import (
     FOLLOWER,
     LEADER,
     RECOVERING,
