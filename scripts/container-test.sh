@@ -161,12 +161,22 @@ stop_time() {  # "EXIT TOTAL": seconds from `podman stop` on container $1 to the
     fin=$(podman inspect -f '{{.State.FinishedAt.Unix}}.{{printf "%09d" .State.FinishedAt.Nanosecond}}' "$1")
     awk -v a="$t0" -v b="$t1" -v f="$fin" 'BEGIN {printf "%.3f %.3f", f - a, b - a}'
 }
+# 1 s on a machine with a core per runnable process, stretched by the load
+# average when it is oversubscribed (as tests/conftest.wall_budget): the check
+# is about the service's SIGTERM handling, not a busy CI neighbour. (A leader
+# took 1.11 s at load 8-20 on 2 cores, podman's own signalling included.)
+stop_budget() {
+    awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v c="$(nproc)" \
+        'BEGIN {o = l / c; printf "%.2f", (o > 1 ? o : 1)}'
+}
 quick_stop() {  # container $1 (called $2) exits within 1 s of `podman stop`, cleanly
-    local times code
+    local times code budget
+    budget="$(stop_budget)"
     times="$(stop_time "$1")"
     code="$(podman inspect -f '{{.State.ExitCode}}' "$1")"
-    say "  $2: exited ${times% *}s after podman stop (podman took ${times#* }s), exit code $code"
-    awk -v t="${times% *}" 'BEGIN {exit !(t < 1.0)}' || die "$2 took ${times% *}s to stop on SIGTERM"
+    say "  $2: exited ${times% *}s after podman stop (podman took ${times#* }s; budget ${budget}s), exit code $code"
+    awk -v t="${times% *}" -v b="$budget" 'BEGIN {exit !(t < b)}' \
+        || die "$2 took ${times% *}s to stop on SIGTERM (budget ${budget}s at this load)"
     [[ "$code" == 0 ]] || die "$2 exited with $code on SIGTERM"
 }
 
