@@ -33,22 +33,13 @@ sys.path[0] = str(ROOT)
 from bazaar import rpc  # noqa: E402
 from bazaar.catalog import db  # noqa: E402
 from bazaar.catalog.market import Trade  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
-from tests.system.cluster import Cluster  # noqa: E402
+from bazaar.testing import STOCKS  # noqa: E402
+from bazaar.testing.cluster import Cluster  # noqa: E402
+from bazaar.testing.keys import rpc_client  # noqa: E402
+from bazaar.testing.procs import proc_kb  # noqa: E402
+from bazaar.testing.waiting import wait_until  # noqa: E402
 
 BATCH = 10_000
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
-
-
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in kB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(value.split()[0])
-    return values["VmRSS"], values["VmHWM"]
 
 
 def key_of(seq: int) -> str:
@@ -81,7 +72,9 @@ def start_catalog(c: Cluster) -> tuple[rpc.Client, float, float | None]:
     """Start the catalog; (client, seconds until it answers ping, its own open time in ms)."""
     t0 = time.monotonic()
     c.start("catalog")
-    client = rpc.Client(c.catalog_endpoint, timeout=5)
+    client = rpc_client(
+        c.catalog_endpoint, "order1", "catalog", timeout=5
+    )  # trades: a leader's role
     wait_until(lambda: client.call("ping", timeout=0.5, idempotent=True), 60, 0.01, "catalog up")
     wall = time.monotonic() - t0
     found = re.findall(r"catalog opened .* in (\d+) ms", (c.root / "catalog.log").read_text())
@@ -117,7 +110,7 @@ def history(sizes: list[int]) -> list[str]:
         data = c.data_dir("catalog")
         try:
             client, _, _ = start_catalog(c)  # creates catalog.db with the default market
-            idle = rss_kb(c.procs["catalog"].pid)[0]
+            idle = proc_kb(c.procs["catalog"].pid)["VmRSS"]
             client.close()
             c.stop_all()
             done = 0
@@ -125,7 +118,8 @@ def history(sizes: list[int]) -> list[str]:
                 rate = grow(data, done, size)
                 client, wall, own = start_catalog(c)
                 times = sorted(exercise(client, size, rng, f"fresh{n}"))
-                rss, peak = rss_kb(c.procs["catalog"].pid)
+                kb = proc_kb(c.procs["catalog"].pid)
+                rss, peak = kb["VmRSS"], kb["VmHWM"]
                 client.close()
                 c.stop_all()
                 done = size + 2000  # the new trades of `exercise` are history too

@@ -1,6 +1,6 @@
 """Where an order's CPU goes: per service and per thread, with py-spy samples beside.
 
-Starts the five services as shipped (`tests/system/cluster.py`), runs a
+Starts the five services as shipped (`bazaar/testing/cluster.py`), runs a
 closed-loop HTTP load (`bench/http.py client`, 16 sessions by default) and
 reads every thread's utime+stime from /proc/<pid>/task over the measuring
 window; thread names come from `py-spy dump` (Python names; native threads
@@ -34,7 +34,7 @@ if sys.path and Path(sys.path[0] or os.curdir).resolve() == ROOT / "bench":
     del sys.path[0]  # bench/http.py would shadow the stdlib's http package
 sys.path.insert(0, str(ROOT))
 
-from tests.system.cluster import Cluster  # noqa: E402
+from bazaar.testing.cluster import Cluster  # noqa: E402
 
 TCK = os.sysconf("SC_CLK_TCK")
 

@@ -57,9 +57,11 @@ sys.path[0] = str(ROOT)
 
 from bazaar import rpc  # noqa: E402
 from bazaar.order.log import Record  # noqa: E402
+from bazaar.testing.cluster import Cluster  # noqa: E402
+from bazaar.testing.keys import rpc_client  # noqa: E402
+from bazaar.testing.procs import proc_kb  # noqa: E402
+from bazaar.testing.waiting import wait_until  # noqa: E402
 from bench.catalog_history import history as catalog_history  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
-from tests.system.cluster import Cluster, rpc_client  # noqa: E402
 
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
 GOAL_MB = 150
@@ -68,24 +70,6 @@ ROLE_MODULES = {
     "order": "bazaar.order.service",
     "frontend": "bazaar.frontend.server",
 }
-
-
-def proc_kb(pid: int) -> dict[str, int]:
-    """RSS, peak RSS (VmHWM) and PSS of one process, in kB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    out["Pss"] = int(line.split()[1])
-    except OSError:
-        out["Pss"] = out["VmRSS"]
-    return out
 
 
 def mb(kb: float) -> str:

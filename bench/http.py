@@ -32,7 +32,7 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
     del sys.path[0]  # this file is named http.py: never shadow the stdlib package
-sys.path.insert(0, os.path.dirname(_HERE))  # the repo root, for tests.system.cluster
+sys.path.insert(0, os.path.dirname(_HERE))  # the repo root, for bazaar
 
 import argparse  # noqa: E402
 import http.client  # noqa: E402
@@ -45,10 +45,11 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from tests.conftest import free_port  # noqa: E402
+from bazaar.testing import STOCKS  # noqa: E402
+from bazaar.testing.ports import free_port  # noqa: E402
+from bazaar.testing.procs import cpu_seconds  # noqa: E402
 
 SERVERS = ("waitress", "gunicorn", "granian")
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
 THREADS = 8  # worker threads of every server under test
 CONSTANT = {"data": {"name": "GameStart", "price": 15.99, "quantity": 100, "volume": 0}}
 REPO = Path(_HERE).parent
@@ -279,13 +280,6 @@ def run_clients(
     return {"lat": np.asarray(lat), "errors": errors, "seconds": seconds, "cpu": cpu}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) so far, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ---------------------------------------------------------------------------
 # Orchestration
 # ---------------------------------------------------------------------------
@@ -427,7 +421,7 @@ def bench_frontend(args, cluster, rows: Rows, tmp: Path) -> dict[str, float]:
 def shipped_footprint(tmp: Path) -> tuple[float, float]:
     """The five services as `bazaar` runs them: total RSS after a little load (MB), and
     how long `bazaar frontend` takes to exit on SIGTERM (s)."""
-    from tests.system.cluster import Cluster
+    from bazaar.testing.cluster import Cluster
 
     (tmp / "rss").mkdir()
     cluster = Cluster(tmp / "rss")
@@ -443,7 +437,7 @@ def shipped_footprint(tmp: Path) -> tuple[float, float]:
 
 def sweep_plots(out_dir: Path, tmp: Path) -> None:
     """`bazaar load --sweep` against a cluster with the cache on, then off."""
-    from tests.system.cluster import Cluster
+    from bazaar.testing.cluster import Cluster
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for cache, name in ((100, "on"), (0, "off")):
@@ -500,7 +494,7 @@ def goals(results: list[Result]) -> str:
 
 
 def run_main(args) -> None:
-    from tests.system.cluster import Cluster
+    from bazaar.testing.cluster import Cluster
 
     t0 = time.monotonic()
     print(
@@ -547,7 +541,7 @@ def metrics_main(args) -> None:
     """
     import numpy as np
 
-    from tests.system.cluster import Cluster
+    from bazaar.testing.cluster import Cluster
 
     print(
         f"metrics on vs off: cached lookups, granian, {args.sessions} sessions, "
@@ -606,7 +600,7 @@ def orders_main(args) -> None:
     """
     import numpy as np
 
-    from tests.system.cluster import Cluster
+    from bazaar.testing.cluster import Cluster
 
     print(
         f"orders over HTTP: {args.sessions} closed-loop sessions in {args.client_procs} "
@@ -723,7 +717,7 @@ def python_cost_per_lookup(n: int = 100_000) -> dict[bool, float]:
     """The WSGI app alone, called in-process: what the metrics add per cached lookup (us)."""
     from bazaar.frontend.app import close_app, create_app
     from bazaar.frontend.cache import LookupCache
-    from tests.unit.test_frontend_app import FakeCatalog, FakeOrders
+    from bazaar.testing.frontend_fakes import FakeCatalogClient, FakeOrders
 
     best: dict[bool, float] = {}
     for _ in range(2):
@@ -731,7 +725,7 @@ def python_cost_per_lookup(n: int = 100_000) -> dict[bool, float]:
             cache = LookupCache(10)
             cache.set_live(True)
             app = create_app(
-                catalog=FakeCatalog(), orders=FakeOrders(), cache=cache, measure=measure
+                catalog=FakeCatalogClient(), orders=FakeOrders(), cache=cache, measure=measure
             )
             try:
                 app.test_client().get("/stocks/GameStart")  # fills the cache

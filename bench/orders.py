@@ -36,66 +36,16 @@ sys.path.insert(0, str(ROOT))
 
 from bazaar import rpc, security  # noqa: E402
 from bazaar.errors import BazaarError  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
+from bazaar.testing import STOCKS  # noqa: E402
+from bazaar.testing.fake_catalog import FakeCatalog  # noqa: E402
+from bazaar.testing.ports import free_port  # noqa: E402
+from bazaar.testing.procs import cpu_seconds  # noqa: E402
 
 
 # ---- a catalog without disk, for --catalog fake -----------------------------------
 def serve_fake_catalog(port: int) -> None:
-    lock = threading.Lock()
-    trades: list[dict] = []
-    by_key: dict[str, dict] = {}
-    fenced = [0]
     keys = security.load_keys(os.environ["BAZAAR_KEYS_DIR"], "catalog")
-    server = rpc.Server(f"tcp://127.0.0.1:{port}", service="catalog", workers=16, keys=keys)
-
-    stocks = {name: [100, 0] for name in STOCKS}  # quantity, volume
-
-    @server.method()
-    def lookup(name):
-        with lock:
-            if name not in stocks:
-                raise BazaarError("NOT_FOUND", f"no stock {name}")
-            quantity, volume = stocks[name]
-            return {
-                "name": name,
-                "price": 1.0,
-                "quantity": quantity,
-                "volume": volume,
-                "max_volume": None,
-            }
-
-    @server.method()
-    def trade(key, name, type, quantity, epoch, leader=None):  # noqa: ARG001 (the catalog's RPC)
-        with lock:
-            if epoch < fenced[0]:
-                raise BazaarError("ABORTED", "fenced", {"epoch": fenced[0]})
-            if key not in by_key:
-                stock = stocks.setdefault(name, [100, 0])
-                delta = -quantity if type == "buy" else quantity
-                if stock[0] + delta < 0:
-                    raise BazaarError("FAILED_PRECONDITION", "not enough stock")
-                stock[0] += delta
-                stock[1] += quantity
-                t = {"seq": len(trades) + 1, "key": key, "name": name, "type": type}
-                t.update(quantity=quantity, epoch=epoch)
-                trades.append(t)
-                by_key[key] = t
-            return by_key[key]
-
-    @server.method()
-    def fence(epoch, leader=None):  # noqa: ARG001 (the catalog's RPC)
-        with lock:
-            fenced[0] = max(fenced[0], epoch)
-            return {"epoch": fenced[0]}
-
-    @server.method()
-    def trades_since(after, limit=None):
-        with lock:
-            return {"trades": trades[max(after, 0) :][: limit or None], "last_seq": len(trades)}
-
-    server.serve_forever()
+    FakeCatalog(f"tcp://127.0.0.1:{port}", STOCKS, keys=keys, workers=16).serve_forever()
 
 
 # ---- processes ------------------------------------------------------------------------
@@ -193,13 +143,6 @@ def latency(router, count: int) -> tuple[float, float]:
         samples.append(time.perf_counter() - t0)
     ms = np.array(samples) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) so far, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(router, sessions: int, seconds: float, pids=None) -> tuple[float, dict]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/dashboard-screenshot.py docs/img/dashboard.png
 
-Starts the five services (tests/system/cluster.py), drives `bazaar load` for
+Starts the five services (bazaar/testing/cluster.py), drives `bazaar load` for
 a while so the chart has something to show, and captures / in Debian's
 chromium through Playwright (same flags as the browser test).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.system.cluster import Cluster
+from bazaar.testing.cluster import Cluster
 from tests.system.test_dashboard_browser import ARGS, CHROMIUM
 
 

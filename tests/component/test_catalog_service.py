@@ -16,7 +16,7 @@ from bazaar.catalog.market_csv import MarketFileError
 from bazaar.catalog.service import CatalogService
 from bazaar.config import Config
 from bazaar.errors import BazaarError
-from tests.conftest import KEYS_DIR, free_port, keys_for, wait_until
+from tests.conftest import KEYS_DIR, free_port, keys_for, wait_until, wall_budget
 
 SCARCE_MARKET = """name,price,quantity,volume,max_volume
 Scarce,3.5,10,0,
@@ -359,7 +359,7 @@ def test_run_serves_until_stop_and_returns_promptly(data_dir):
     runner.join(10)
     assert not runner.is_alive()
     # Generous for a busy 2-core machine; the design target is well under a second.
-    assert time.monotonic() - stopped_at < 5
+    assert time.monotonic() - stopped_at < wall_budget(5.0)
     assert exported(data_dir)["Scarce"] == (9, 1)
 
 

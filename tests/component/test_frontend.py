@@ -27,7 +27,7 @@ from bazaar.frontend.cache import InvalidationFeed, LookupCache
 from bazaar.frontend.leader import OrderRouter
 from bazaar.frontend.server import serve
 from bazaar.rpc import Client, Server
-from tests.conftest import free_port, keys_for, wait_until
+from tests.conftest import free_port, keys_for, wait_until, wall_budget
 
 
 # ---- fakes ------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_no_replica_gives_503_within_deadline(world):
     status, body = fe.http("POST", "/orders", BUY)
     assert status in (503, 504)
     assert body["error"]["code"] == status
-    assert time.monotonic() - start < 6
+    assert time.monotonic() - start < wall_budget(6.0)  # the 2 s deadline, a retry, slack
     assert fe.http("GET", "/health")[0] == 503
 
 
@@ -474,13 +474,16 @@ def test_own_order_invalidates_without_waiting_for_pub(world):
 
 
 def test_cache_off(world):
+    """Size 0: every lookup goes to the catalog although the feed is live (with a
+    silent feed the cache is bypassed anyway, so the test waits for it)."""
     catalog, replicas, log, frontend = world
     fe = frontend(cache_size=0)
-    time.sleep(0.3)
+    wait_until(lambda: healthy(fe) and cache_live(fe), 10, msg="feed live")
     before = catalog.lookups
     for _ in range(3):
         lookup_quantity(fe)
     assert catalog.lookups == before + 3
+    assert cache_live(fe) and len(fe.cache) == 0 and fe.cache.stats()["hits"] == 0
 
 
 def test_server_stops_quickly_with_open_connections(world):
@@ -495,7 +498,7 @@ def test_server_stops_quickly_with_open_connections(world):
     fe.stop_event.set()
     fe.thread.join(5)
     assert not fe.thread.is_alive()
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < wall_budget(1.0)
 
 
 def test_concurrent_failures_cause_one_election(world):

@@ -14,8 +14,8 @@ from bazaar import metrics
 from bazaar.errors import BazaarError
 from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
+from bazaar.testing.frontend_fakes import FakeCatalogClient, FakeOrders
 from tests.conftest import free_port
-from tests.unit.test_frontend_app import FakeCatalog, FakeOrders
 
 metrics.activate()  # off by default in a process (see bazaar.metrics)
 
@@ -68,7 +68,7 @@ def test_metrics_port_serves_the_exposition_and_stops():
 def test_frontend_metrics_route_and_promtool():
     cache = LookupCache(10)
     cache.set_live(True)
-    app = create_app(catalog=FakeCatalog(), orders=FakeOrders(), cache=cache)
+    app = create_app(catalog=FakeCatalogClient(), orders=FakeOrders(), cache=cache)
     try:
         client = app.test_client()
         for _ in range(3):

@@ -1,8 +1,8 @@
 """Three order replicas in-process on random ports, real files, a fake catalog.
 
-The fake catalog is a real `rpc.Server` with the catalog's contract
-(docs/architecture.md): `trade` idempotent by key and refused below the
-fenced epoch, `fence`, `trades_since`.
+The fake catalog (bazaar.testing.fake_catalog) is a real `rpc.Server` with
+the catalog's contract (docs/architecture.md): `trade` idempotent by key and
+refused below the fenced epoch, `fence`, `trades_since`.
 """
 
 from __future__ import annotations
@@ -18,61 +18,10 @@ from bazaar.config import Config
 from bazaar.errors import BazaarError
 from bazaar.order.log import db_path, disk_error, read_only_rows
 from bazaar.order.service import OrderReplica
+from bazaar.testing.fake_catalog import FakeCatalog
 from tests.conftest import KEYS_DIR, free_port, keys_for, wait_until
 
-
-class FakeCatalog:
-    def __init__(self):
-        self.server = rpc.Server("tcp://127.0.0.1:0", service="catalog", keys=keys_for("catalog"))
-        self.lock = threading.Lock()
-        self.trades: list[dict] = []
-        self.by_key: dict[str, dict] = {}
-        self.fenced = 0
-        self.fenced_by = None
-        self.quantity: dict[str, int] = {"GameStart": 100, "FishCo": 100}
-        for name in ("trade", "fence", "trades_since"):
-            self.server.register(name, getattr(self, name))
-        self.server.start()
-        self.endpoint = self.server.endpoint
-
-    def trade(self, key, name, type, quantity, epoch, leader=None):
-        with self.lock:
-            self._admit(epoch, leader)
-            if key in self.by_key:
-                return self.by_key[key]
-            if name not in self.quantity:
-                raise BazaarError("NOT_FOUND", f"no stock {name}")
-            delta = -quantity if type == "buy" else quantity
-            if self.quantity[name] + delta < 0:
-                raise BazaarError("FAILED_PRECONDITION", "not enough stock")
-            self.quantity[name] += delta
-            t = {"seq": len(self.trades) + 1, "key": key, "name": name, "type": type}
-            t.update(quantity=quantity, epoch=epoch)
-            self.trades.append(t)
-            self.by_key[key] = t
-            return t
-
-    def _admit(self, epoch, leader) -> None:
-        """The real catalog's fence: (epoch, leader) only grows; one leader per epoch."""
-        if epoch < self.fenced or (epoch == self.fenced and leader != self.fenced_by):
-            raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
-        self.fenced, self.fenced_by = epoch, leader
-
-    def fence(self, epoch, leader=None):
-        with self.lock:
-            if epoch > self.fenced:
-                self.fenced, self.fenced_by = epoch, leader
-            elif epoch == self.fenced and leader != self.fenced_by:
-                raise BazaarError("ABORTED", "fenced", {"epoch": self.fenced})
-            return {"epoch": self.fenced, "leader": self.fenced_by}
-
-    def trades_since(self, after, limit=None):
-        with self.lock:
-            trades = [t for t in self.trades if t["seq"] > after][: limit or None]
-            return {"trades": trades, "last_seq": len(self.trades)}
-
-    def stop(self):
-        self.server.stop()
+FOLLOWER_TIMEOUT = 2.0
 
 
 class Trio:
@@ -99,7 +48,11 @@ class Trio:
         )
 
     def start(self, rid: int) -> OrderReplica:
-        self.replicas[rid] = OrderReplica(self.config(rid), follower_timeout=0.3).start()
+        # A follower is declared silent after 2 s: no test here is about that
+        # timeout, and on a starved machine a shorter one made the leader
+        # refuse orders for want of a majority (seen at load average ~50).
+        replica = OrderReplica(self.config(rid), follower_timeout=FOLLOWER_TIMEOUT)
+        self.replicas[rid] = replica.start()
         return self.replicas[rid]
 
     def stop(self, rid: int) -> None:
@@ -137,7 +90,7 @@ class Trio:
 
 @pytest.fixture
 def catalog():
-    c = FakeCatalog()
+    c = FakeCatalog().start()
     yield c
     c.stop()
 

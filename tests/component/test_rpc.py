@@ -10,7 +10,7 @@ import zmq
 from bazaar import wire
 from bazaar.errors import BazaarError
 from bazaar.rpc import Client, Server
-from tests.conftest import keys_for, recv_with_timeout, wait_until
+from tests.conftest import keys_for, recv_with_timeout, wait_until, wall_budget
 
 
 def request(method, args=None, req_id=1, **extra):
@@ -102,7 +102,7 @@ def test_unreachable_endpoint_is_unavailable_and_fast():
         with pytest.raises(BazaarError) as exc:
             client.call("ping", timeout=0.3)
         assert exc.value.code == "UNAVAILABLE"
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < wall_budget(2.0)
 
 
 def test_only_idempotent_or_keyed_calls_are_retried(server, client):
@@ -152,7 +152,7 @@ def test_stop_is_quick(server):
     start = time.monotonic()
     server.stop()
     assert not server._thread.is_alive()
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < wall_budget(1.0)
 
 
 def test_reply_to_oversized_payload_is_an_error(server, make_socket):
@@ -216,6 +216,6 @@ def test_pipeline_to_a_peer_that_is_not_there_drops_at_once():
     try:
         started = time.monotonic()
         assert pipe.send("echo", {"value": 1}) is False
-        assert time.monotonic() - started < 0.1 and pipe.replies() == []
+        assert time.monotonic() - started < wall_budget(0.1) and pipe.replies() == []
     finally:
         pipe.close()

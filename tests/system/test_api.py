@@ -11,8 +11,8 @@ import urllib.parse
 
 import pytest
 
+from bazaar.testing.cluster import Cluster
 from tests.conftest import wait_until, wall_budget
-from tests.system.cluster import Cluster
 
 pytest.importorskip("bazaar.catalog.service")
 pytest.importorskip("bazaar.order.service")

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from bazaar.testing import STOCKS
+from bazaar.testing.cluster import Cluster
+from bazaar.testing.traders import Traders
 from tests.conftest import wait_until
-from tests.system.cluster import Cluster
-from tests.system.test_faults import STOCKS, Traders
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 

@@ -14,8 +14,6 @@ read-only data dir stops the start with one clear line.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import shutil
 import signal
@@ -30,34 +28,26 @@ import pytest
 from bazaar import rpc
 from bazaar.catalog import export, store
 from bazaar.errors import BazaarError
-from tests.conftest import wait_until
-from tests.system.cluster import Cluster, rpc_client
+from bazaar.testing import START_QUANTITY, STOCKS
+from bazaar.testing.cluster import Cluster
+from bazaar.testing.keys import rpc_client
+from tests.system.disks import fill, remount, small_disks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
-START_QUANTITY = 100  # the default market's
 
 
 @pytest.fixture
-def cluster(tmp_path, request):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop_all()
-        if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
-            print(c.logs())
+def cluster(stopped_cluster):
+    """Nothing runs at first: each test starts the catalog (only) itself."""
+    return stopped_cluster
 
 
 def wait_catalog_up(cluster: Cluster) -> None:
     def answers():
-        proc = cluster.procs["catalog"]
-        if proc.poll() is not None:
-            pytest.fail(f"catalog exited with {proc.returncode}\n{cluster.logs()}")
         with rpc_client(cluster.catalog_endpoint, "client", "catalog", timeout=1.0) as client:
             return client.call("ping", idempotent=True)
 
-    wait_until(answers, timeout=30, interval=0.1, msg="catalog answers ping")
+    cluster.wait_until(answers, timeout=60, interval=0.1, msg="catalog answers ping")
 
 
 class TradeStream(threading.Thread):
@@ -150,7 +140,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_trade(cluster, tmp_path):
     for round_number in range(3):
         stream = TradeStream(cluster.catalog_endpoint, f"r{round_number}-", seed=round_number)
         stream.start()
-        wait_until(
+        cluster.wait_until(
             lambda s=stream: len(s.acknowledged) >= 40 or not s.is_alive(),
             timeout=60,
             msg="trades streaming",
@@ -225,24 +215,8 @@ def test_root_launcher_runs_the_catalog_role():
 @pytest.fixture
 def small_disk(tmp_path):
     """The catalog's data dir on its own 8 MiB tmpfs; yields its path."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs as a data dir")
-    path = tmp_path / "catalog"
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)])
-    if done.returncode != 0:
-        pytest.skip("mount is not permitted here")
-    yield path
-    subprocess.run(["umount", "-l", str(path)])
-
-
-def fill(path: Path) -> None:
-    """Fill the file system holding `path` up to the last byte."""
-    with open(path / "filler", "wb", buffering=0) as fh:
-        for chunk in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    fh.write(b"\0" * chunk)
+    with small_disks(tmp_path / "catalog") as (path,):
+        yield path
 
 
 def test_full_disk_is_unavailable_and_loses_nothing(cluster, small_disk):
@@ -302,8 +276,7 @@ def test_read_only_data_dir_is_a_one_line_startup_error(cluster, small_disk):
     wait_catalog_up(cluster)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    if subprocess.run(["mount", "-o", "remount,ro", str(small_disk)]).returncode != 0:
-        pytest.skip("remounting read-only is not permitted here")
+    remount(small_disk, "ro")
     proc = cluster.start("catalog")
     assert proc.wait(30) != 0
     output = (cluster.root / "catalog.log").read_text()
@@ -329,7 +302,7 @@ def test_health_reports_a_full_catalog_disk_then_recovers(cluster, small_disk):
         assert status in (200, 503), (status, body)
         return body if status == 503 else None
 
-    body = wait_until(refused, timeout=60, interval=0, msg="the full disk refuses an order")
+    body = cluster.wait_until(refused, timeout=60, interval=0, msg="the full disk refuses an order")
     assert body["error"]["code"] == 503, body
     assert cluster.procs["catalog"].poll() is None, "the catalog died of a full disk"
 
@@ -338,7 +311,9 @@ def test_health_reports_a_full_catalog_disk_then_recovers(cluster, small_disk):
         data = body["data"]
         return data if status == 503 and data["catalog"]["writable"] is False else None
 
-    data = wait_until(full_disk_shown, timeout=15, interval=0.1, msg="/health shows the disk")
+    data = cluster.wait_until(
+        full_disk_shown, timeout=60, interval=0.1, msg="/health shows the disk"
+    )
     assert data["status"] == "unavailable" and data["catalog"]["up"] is True
     status, _ = cluster.http("GET", "/stocks/GameStart")
     assert status == 200  # lookups go on
@@ -346,17 +321,17 @@ def test_health_reports_a_full_catalog_disk_then_recovers(cluster, small_disk):
     (small_disk / "filler").unlink()
     # Room again: the next order commits and /health turns ok by itself.
     key = {"Idempotency-Key": "after-the-disk-was-freed"}
-    placed = wait_until(
+    placed = cluster.wait_until(
         lambda: (
             cluster.http(
                 "POST", "/orders", {"name": "FishCo", "type": "sell", "quantity": 1}, headers=key
             )[0]
             == 200
         ),
-        timeout=30,
+        timeout=60,
         interval=0.2,
         msg="an order after the disk was freed",
     )
     assert placed
-    cluster.wait_healthy(timeout=15)
+    cluster.wait_healthy(timeout=60)
     assert cluster.health()["data"]["catalog"] == {"up": True, "writable": True}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.cluster import Cluster
+from bazaar.testing.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or (

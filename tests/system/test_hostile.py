@@ -23,12 +23,13 @@ import pytest
 import zmq
 
 from bazaar import security
+from bazaar.testing import STOCKS
+from bazaar.testing.cluster import Cluster
+from bazaar.testing.keys import rpc_client
 from tests.conftest import keys_for, wait_until
-from tests.system.cluster import Cluster, rpc_client
 
 pytestmark = pytest.mark.timeout(240)
 
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
 HUGE = (2**53, 2**62, 2**64 - 1)
 
 

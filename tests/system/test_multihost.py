@@ -9,7 +9,7 @@ machines. The peers are configured by host name only (`tcp://catalog:5555`,
 all interfaces; the test trades from a sixth host. Nothing in the code may
 assume loopback or one machine: if it did, the cluster would not become
 healthy, or the leader kills would lose or duplicate an order (checked with
-test_faults.py's invariants). Each service's /metrics must answer on its
+bazaar.testing.traders.check_invariants). Each service's /metrics must answer on its
 host's address too. With the cluster's keys when `bazaar keys init`
 exists — each service given only the public keys and its own secret key,
 as a pod of deploy/kubernetes — else insecure (printed).
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.netns import Net, NetCluster, skip_reason
-from tests.system.test_faults import Traders, check_invariants, kill_leader_rounds
+from bazaar.testing.cluster import REPLICA_IDS, SERVICES
+from bazaar.testing.traders import Traders, check_invariants, kill_leader_rounds
+from tests.system.netns import Net, NetCluster, net_cluster_for
 
-SERVICES = ["catalog", "order1", "order2", "order3", "frontend"]
 ORDER_PORT = 5561  # the same on every replica: each has a host of its own
 METRICS_PORT = 9100
 NETNS_ETC = Path("/etc/netns")
@@ -77,14 +77,20 @@ class NamedCluster(NetCluster):
 
     secure: bool = False
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.order_ports = dict.fromkeys((1, 2, 3), ORDER_PORT)
-        self.catalog_endpoint = f"tcp://catalog:{self.catalog_port}"
-        self.pub_endpoint = f"tcp://catalog:{self.pub_port}"
-        self.order_endpoints = {rid: f"tcp://order{rid}:{ORDER_PORT}" for rid in (1, 2, 3)}
+    def assign_ports(self) -> None:
+        super().assign_ports()
+        self.order_ports = dict.fromkeys(REPLICA_IDS, ORDER_PORT)
         # /metrics on one port everywhere, as in deploy/kubernetes
         self.metrics_ports = {name: METRICS_PORT for name in SERVICES if name != "frontend"}
+
+    def host_of(self, name: str) -> str:
+        return name  # the services resolve it through their hosts files
+
+    @property
+    def url(self) -> str:
+        # The test itself has no hosts file (a thread in the client's network
+        # namespace, not its mount namespace): it uses the address.
+        return f"http://{self.net.addr['frontend']}:{self.http_port}"
 
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
@@ -98,9 +104,6 @@ class NamedCluster(NetCluster):
 
 @pytest.fixture
 def named_cluster(tmp_path, request, monkeypatch):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(f"multi-host test: {reason}")
     monkeypatch.setenv("NO_PROXY", "*")  # urllib must not send the LAN's addresses to a proxy
     monkeypatch.setenv("no_proxy", "*")
     secure = keys_supported()
@@ -108,15 +111,12 @@ def named_cluster(tmp_path, request, monkeypatch):
         init = [sys.executable, "-m", "bazaar.cli", "keys", "init", str(tmp_path / "keys")]
         subprocess.run(init, check=True, capture_output=True)
     print(f"multi-host: {'CurveZMQ keys' if secure else 'INSECURE (no `bazaar keys` yet)'}")
-    with Net() as net, hosts_files(net):
-        cluster = NamedCluster(tmp_path, net=net, secure=secure)
-        try:
-            cluster.start_all(60)
-            yield cluster
-        finally:
-            cluster.stop_all()
-            if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
-                print(cluster.logs())
+
+    def make(net: Net) -> NamedCluster:
+        return NamedCluster(tmp_path, net=net, secure=secure)
+
+    with net_cluster_for(request, make, setup=hosts_files) as cluster:
+        yield cluster
 
 
 def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,12 +26,14 @@ from pathlib import Path
 import pytest
 
 from bazaar.order.log import OrderLog, Record
+from tests.system.disks import remount, small_disks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys
 from bazaar.order.log import OrderLog, Record
+from tests.system.disks import remount, small_disks
 
 def record(n):
     return Record(n, "GameStart", "buy" if n % 3 else "sell", n % 7 + 1, f"key-{n}", n + 1, n // 500 + 1)
@@ -94,19 +95,8 @@ def test_sigkill_during_commits_leaves_a_loadable_log_with_every_acknowledged_re
 @pytest.fixture
 def small_disk(tmp_path):
     """A data dir on its own 8 MiB tmpfs; yields its path."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs as a data dir")
-    path = tmp_path / "order1"
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)]).returncode:
-        pytest.skip("mount is not permitted here")
-    yield path
-    subprocess.run(["umount", "-l", str(path)])
-
-
-def remount(path: Path, mode: str) -> None:
-    if subprocess.run(["mount", "-o", f"remount,{mode}", str(path)]).returncode != 0:
-        pytest.skip(f"remounting {mode} is not permitted here")
+    with small_disks(tmp_path / "order1") as (path,):
+        yield path
 
 
 def test_an_order_replica_on_a_read_only_data_dir_stops_with_one_clear_line(small_disk, tmp_path):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from bazaar.testing.cluster import SERVICES, Cluster
 from tests.conftest import free_port, wait_until
-from tests.system.cluster import SERVICES, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus"

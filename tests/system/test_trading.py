@@ -15,12 +15,13 @@ from collections import defaultdict
 
 import pytest
 
+from bazaar.testing import STOCKS
+
 pytest.importorskip("bazaar.catalog.service")
 pytest.importorskip("bazaar.order.service")
 
 pytestmark = pytest.mark.timeout(600)
 
-STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
 SESSIONS = 16
 REQUESTS = int(os.environ.get("BAZAAR_TRADING_REQUESTS", "25"))
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from bazaar.cli import main
 from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
-from tests.unit.test_frontend_app import FakeCatalog, FakeOrders
+from bazaar.testing.frontend_fakes import FakeCatalogClient, FakeOrders
 
 ROOT = Path(__file__).resolve().parents[2]
 API = (ROOT / "docs" / "api.md").read_text()
@@ -32,7 +32,7 @@ CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
 def app():
     cache = LookupCache(10)
     cache.set_live(True)
-    app = create_app(catalog=FakeCatalog(), orders=FakeOrders(), cache=cache)
+    app = create_app(catalog=FakeCatalogClient(), orders=FakeOrders(), cache=cache)
     app.extensions["bazaar"]["monitor"].refresh()
     yield app
     close_app(app)

@@ -11,73 +11,14 @@ import pytest
 from bazaar.errors import BazaarError
 from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
-
-STOCK = {"name": "GameStart", "price": 15.99, "quantity": 100, "volume": 0, "max_volume": None}
-
-
-class FakeCatalog:
-    def __init__(self):
-        self.lookups = 0
-        self.fail: BazaarError | None = None
-        self.up = True
-        self.writable = True
-
-    def call(self, method, /, *, timeout=None, idempotent=False, **args):  # noqa: ARG002 (the real Client's signature)
-        if method == "ping":
-            if not self.up:
-                raise BazaarError("UNAVAILABLE", "down")
-            return {"service": "catalog"}
-        if method == "list_stocks":
-            if not self.up:
-                raise BazaarError("UNAVAILABLE", "down")
-            return {"stocks": [dict(STOCK)], "writable": self.writable}
-        assert method == "lookup"
-        self.lookups += 1
-        if self.fail:
-            raise self.fail
-        if args["name"] != "GameStart":
-            err = BazaarError("NOT_FOUND", f"no stock {args['name']}")
-            err.remote = True
-            raise err
-        return dict(STOCK)
-
-
-class FakeOrders:
-    def __init__(self):
-        self.placed: list[tuple] = []
-        self.leader, self.epoch = 3, 1
-        self.replica_up = {1: True, 2: True, 3: True}
-        self.fail: BazaarError | None = None
-
-    def order(self, key, name, type, quantity):
-        if self.fail:
-            raise self.fail
-        for number, placed in enumerate(self.placed):
-            if placed[0] == key:
-                return {"transaction_number": number}
-        self.placed.append((key, name, type, quantity))
-        return {"transaction_number": len(self.placed) - 1}
-
-    def get_order(self, number):
-        if number >= len(self.placed):
-            raise BazaarError("NOT_FOUND", f"no order {number}")
-        _, name, kind, quantity = self.placed[number]
-        return {"number": number, "name": name, "type": kind, "quantity": quantity, "key": "x"}
-
-    def statuses(self, timeout=None):  # noqa: ARG002 (the real signature)
-        return {
-            rid: (
-                {"id": rid, "last_number": None, "role": "x", "leader": self.leader} if up else None
-            )
-            for rid, up in self.replica_up.items()
-        }
+from bazaar.testing.frontend_fakes import STOCK, FakeCatalogClient, FakeOrders
 
 
 @pytest.fixture
 def parts():
     cache = LookupCache(10)
     cache.set_live(True)
-    return FakeCatalog(), FakeOrders(), cache
+    return FakeCatalogClient(), FakeOrders(), cache
 
 
 @pytest.fixture

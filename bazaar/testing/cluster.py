@@ -1,25 +1,29 @@
-"""Run the five services as real processes on free ports, for system tests.
+"""The five services as real processes on free ports, for system tests and benchmarks.
 
 Each service is `python -m bazaar.cli <role>` with its own BAZAAR_* environment
-and data dir under the test's tmp dir; its output goes to `<tmp>/<name>.log`
-so a failing test can show it. Processes can be killed (SIGKILL), paused
-(SIGSTOP/SIGCONT) and restarted on the same ports and data.
+and data dir under `root`; its output goes to `<root>/<name>.log` so a failure
+can show it. Processes can be killed (SIGKILL), paused (SIGSTOP/SIGCONT) and
+restarted on the same ports and data.
+
+Where the services live is two hooks: `assign_ports` (free ports on
+127.0.0.1 here) and `host_of(name)` (the address other services and the test
+reach `name` at); `command` wraps the argv (tests/system/netns.py runs each
+service inside a network namespace of its own by overriding these three).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import KEYS_DIR, free_port, wait_until
+from bazaar.testing.http_client import http_json
+from bazaar.testing.keys import session_keys_dir
+from bazaar.testing.ports import free_port
+from bazaar.testing.waiting import check_alive, wait_until
 
 REPLICA_IDS = (1, 2, 3)
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
@@ -34,23 +38,41 @@ class Cluster:
     # Give catalog and replicas a /metrics port each (BAZAAR_METRICS_PORT).
     metrics: bool = False
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    # Services the test stopped on purpose (kill); a wait does not fail on them.
+    down: set[str] = field(default_factory=set)
 
     def __post_init__(self):
+        self.root = Path(self.root)
+        self.assign_ports()
+        catalog = self.host_of("catalog")
+        self.catalog_endpoint = f"tcp://{catalog}:{self.catalog_port}"
+        self.pub_endpoint = f"tcp://{catalog}:{self.pub_port}"
+        self.order_endpoints = {
+            rid: f"tcp://{self.host_of(f'order{rid}')}:{port}"
+            for rid, port in self.order_ports.items()
+        }
+
+    # ---- where the services live (hooks) -------------------------------
+    def assign_ports(self) -> None:
         self.catalog_port = free_port()
         self.pub_port = free_port()
         self.order_ports = {rid: free_port() for rid in REPLICA_IDS}
         self.http_port = free_port()
         if self.metrics:
             self.metrics_ports = {name: free_port() for name in SERVICES if name != "frontend"}
-        self.catalog_endpoint = f"tcp://127.0.0.1:{self.catalog_port}"
-        self.order_endpoints = {
-            rid: f"tcp://127.0.0.1:{port}" for rid, port in self.order_ports.items()
-        }
+
+    def host_of(self, name: str) -> str:  # noqa: ARG002 (a hook: subclasses place each service)
+        """The address service `name` is reached at."""
+        return "127.0.0.1"
+
+    def command(self, name: str, argv: list[str]) -> list[str]:  # noqa: ARG002 (a hook, as host_of)
+        """The argv that runs service `name` (`argv` as it is, here)."""
+        return argv
 
     # ---- paths and env -----------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host_of('frontend')}:{self.http_port}"
 
     def data_dir(self, name: str) -> Path:
         path = self.root / name
@@ -67,13 +89,13 @@ class Cluster:
         env = dict(os.environ)
         env.update(
             BAZAAR_CATALOG=self.catalog_endpoint,
-            BAZAAR_CATALOG_PUB=f"tcp://127.0.0.1:{self.pub_port}",
+            BAZAAR_CATALOG_PUB=self.pub_endpoint,
             BAZAAR_ORDER_REPLICAS=",".join(f"{r}={e}" for r, e in self.order_endpoints.items()),
             BAZAAR_DATA_DIR=str(self.data_dir(name)),
             BAZAAR_CACHE_SIZE=str(self.cache_size),
             BAZAAR_HTTP_PORT=str(self.http_port),
             BAZAAR_LOG_LEVEL="INFO",
-            BAZAAR_KEYS_DIR=str(KEYS_DIR),  # CurveZMQ on, as in production
+            BAZAAR_KEYS_DIR=str(session_keys_dir()),  # CurveZMQ on, as in production
             PYTHONUNBUFFERED="1",
         )
         if name in self.metrics_ports:
@@ -85,7 +107,7 @@ class Cluster:
         """Where `name` exposes its metrics (the front end: on its HTTP port)."""
         if name == "frontend":
             return f"{self.url}/metrics"
-        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+        return f"http://{self.host_of(name)}:{self.metrics_ports[name]}/metrics"
 
     # ---- processes ----------------------------------------------------
     def start(self, name: str) -> subprocess.Popen:
@@ -96,7 +118,7 @@ class Cluster:
         args = ["order", "--id", name.removeprefix("order")] if name.startswith("order") else [name]
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bazaar.cli", *args],
+            self.command(name, [sys.executable, "-m", "bazaar.cli", *args]),
             env=self.env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,9 +126,10 @@ class Cluster:
         )
         log.close()
         self.procs[name] = proc
+        self.down.discard(name)
         return proc
 
-    def start_all(self, timeout: float = 20.0) -> Cluster:
+    def start_all(self, timeout: float = 60.0) -> Cluster:
         for name in SERVICES:
             self.start(name)
         self.wait_healthy(timeout)
@@ -118,6 +141,7 @@ class Cluster:
     def kill(self, name: str) -> None:
         """SIGKILL and reap."""
         proc = self.procs[name]
+        self.down.add(name)
         proc.send_signal(signal.SIGCONT)  # a stopped process must be able to die
         proc.kill()
         proc.wait(10)
@@ -139,6 +163,18 @@ class Cluster:
                 proc.kill()
                 proc.wait(5)
 
+    def running(self) -> dict[str, subprocess.Popen]:
+        """The processes that should be running: all started, less those killed on purpose."""
+        return {name: p for name, p in self.procs.items() if name not in self.down}
+
+    def check_alive(self) -> None:
+        """Raise ProcessDied, with its log's last lines, if a service died unasked."""
+        check_alive(self.running(), self.root)
+
+    def wait_until(self, cond, timeout: float, interval: float = 0.1, msg: str = ""):
+        """wait_until that fails at once, with the log's tail, if a running service dies."""
+        return wait_until(cond, timeout, interval, msg, processes=self.running(), log_dir=self.root)
+
     def logs(self) -> str:
         out = []
         for path in sorted(self.root.glob("*.log")):
@@ -148,35 +184,20 @@ class Cluster:
     # ---- HTTP ---------------------------------------------------------
     def http(self, method: str, path: str, body=None, headers=None, timeout: float = 10.0):
         """(status, parsed JSON body) for one request; never raises on 4xx/5xx."""
-        data = None
-        headers = dict(headers or {})
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw
+        return http_json(self.url, method, path, body, headers, timeout)
 
     def health(self) -> dict:
-        status, body = self.http("GET", "/health", timeout=3)
+        _status, body = self.http("GET", "/health", timeout=3)
         return body
 
-    def wait_healthy(self, timeout: float = 20.0) -> dict:
+    def wait_healthy(self, timeout: float = 60.0) -> dict:
+        """Wait until /health says ok; fail at once if a service that should run has died."""
+
         def ok():
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             status, body = self.http("GET", "/health", timeout=2)
             return body if status == 200 and body["data"]["status"] == "ok" else None
 
-        return wait_until(ok, timeout, interval=0.1, msg="cluster healthy")
+        return self.wait_until(ok, timeout, msg="cluster healthy")
 
     def read_log(self, rid: int) -> list[list[str]]:
         """Replica `rid`'s records as text rows (number, name, type, quantity, key,
@@ -188,24 +209,12 @@ class Cluster:
             return []
         return [["" if v is None else str(v) for v in row] for row in read_only_rows(path)]
 
+    def last_number(self, rid: int) -> int:
+        """The highest number in replica `rid`'s log file (-1 when empty)."""
+        return max((int(row[0]) for row in self.read_log(rid)), default=-1)
+
     def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
-
-
-def rpc_client(endpoint: str, role: str, server: str, **kw):
-    """An rpc.Client speaking CurveZMQ as `role` to the holder of `server`'s key."""
-    from bazaar import rpc
-    from tests.conftest import keys_for
-
-    return rpc.Client(endpoint, keys=keys_for(role), server_role=server, **kw)
-
-
-def wait_for(cond, timeout: float = 10.0, msg: str = ""):
-    return wait_until(cond, timeout, msg=msg)
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

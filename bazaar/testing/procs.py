@@ -1,0 +1,34 @@
+"""What /proc says of a process: its memory (RSS, peak, PSS) and the CPU time it used.
+
+The benchmarks' one way of sampling a service they started (Linux only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def proc_kb(pid: int) -> dict[str, int]:
+    """RSS (VmRSS), peak RSS (VmHWM) and PSS of one process, in kB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    out["Pss"] = int(line.split()[1])
+    except OSError:
+        out["Pss"] = out["VmRSS"]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
