@@ -24,10 +24,11 @@ class FakeCatalog:
         quantity: int = 100,
         keys=None,
         workers: int | None = None,
+        context=None,
     ):
         keys = keys or keys_for("catalog")
         options = {"workers": workers} if workers else {}
-        self.server = rpc.Server(endpoint, service="catalog", keys=keys, **options)
+        self.server = rpc.Server(endpoint, service="catalog", keys=keys, context=context, **options)
         self.lock = threading.Lock()
         self.trades: list[dict] = []
         self.by_key: dict[str, dict] = {}

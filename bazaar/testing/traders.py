@@ -17,11 +17,13 @@ Used by the fault, partition, multi-host and backup tests on a `Cluster`
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bazaar.testing import START_QUANTITY, STOCKS
@@ -107,6 +109,17 @@ class Traders:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, cluster: Cluster, seed: int) -> Iterator[Traders]:
+        """Sessions started and trading (20 acknowledged), finished afterwards."""
+        traders = cls(cluster, seed).start()
+        try:
+            traders.wait_progress(20)
+            yield traders
+        finally:
+            traders.finish()
 
 
 def leader_of(cluster: Cluster, timeout: float = 60.0) -> int:

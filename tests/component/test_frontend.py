@@ -27,17 +27,18 @@ from bazaar.frontend.cache import InvalidationFeed, LookupCache
 from bazaar.frontend.leader import OrderRouter
 from bazaar.frontend.server import serve
 from bazaar.rpc import Client, Server
+from bazaar.testing.fake_catalog import FakeCatalog as BaseFakeCatalog
 from tests.conftest import free_port, keys_for, wait_until, wall_budget
 
 
 # ---- fakes ------------------------------------------------------------------
-class FakeCatalog:
+class FakeCatalog(BaseFakeCatalog):
+    """The fake catalog of bazaar.testing plus its PUB feed: invalidations, heartbeats."""
+
     def __init__(self, zctx):
-        self.quantity = {"GameStart": 100, "FishCo": 100}
-        self.lookups = 0
         keys = keys_for("catalog")
-        self.server = Server("tcp://127.0.0.1:0", service="catalog", context=zctx, keys=keys)
-        self.server.register("lookup", self.lookup)
+        super().__init__(keys=keys, context=zctx)
+        self.lookups = 0
         self.pub = zctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         # zctx's ZAP handler runs already: the Server above started it.
@@ -47,36 +48,28 @@ class FakeCatalog:
         self.boot = "boot-1"
         self.heartbeats = threading.Event()
         self.heartbeats.set()
-        self._lock = threading.Lock()
+        self._pub_lock = threading.Lock()
         self._stop = threading.Event()
         self._hb = threading.Thread(target=self._beat, daemon=True)
 
     def start(self):
-        self.server.start()
+        super().start()
         self._hb.start()
         return self
 
     def stop(self):
         self._stop.set()
         self._hb.join(2)
-        self.server.stop()
-        with self._lock:
+        super().stop()
+        with self._pub_lock:
             self.pub.close(0)
 
     def lookup(self, name):
         self.lookups += 1
-        if name not in self.quantity:
-            raise BazaarError("NOT_FOUND", f"no stock {name}")
-        return {
-            "name": name,
-            "price": 1.0,
-            "quantity": self.quantity[name],
-            "volume": 0,
-            "max_volume": None,
-        }
+        return super().lookup(name)
 
     def publish(self, topic: bytes, **body):
-        with self._lock:
+        with self._pub_lock:
             self.pub.send_multipart([topic, msgpack.packb({**body, "boot": self.boot})])
 
     def change(self, name, quantity, *, announce=True, skip_seq=False):

@@ -9,10 +9,12 @@ import signal
 import time
 import urllib.parse
 
+import msgpack
 import pytest
+import zmq
 
 from bazaar.testing.cluster import Cluster
-from tests.conftest import wait_until, wall_budget
+from tests.conftest import recv_with_timeout, wait_until, wall_budget
 
 pytest.importorskip("bazaar.catalog.service")
 pytest.importorskip("bazaar.order.service")
@@ -131,15 +133,23 @@ def test_cache_serves_repeated_lookups(api):
     assert api.health()["data"]["cache"]["hits"] >= hits + 3
 
 
-def test_feed_in_step_with_catalog_never_flushes(api):
+def test_feed_in_step_with_catalog_never_flushes(api, make_socket):
     """Heartbeats repeat the last invalidation's seq: steady trading causes no flush."""
-    wait_until(lambda: api.health()["data"]["cache"].get("live"), 10)
+    wait_until(lambda: api.health()["data"]["cache"].get("live"), 30)
     flushes = api.health()["data"]["cache"]["flushes"]
     for _ in range(3):
         assert buy(api, "GameStart", 1, "sell")[0] == 200
-    time.sleep(2.5)  # two heartbeats must pass: this test is about time passing
+    # Heartbeats sent after the trades, seen by a subscriber of our own (as the
+    # front end sees them): three, so the front end has had a heartbeat
+    # interval at least to act on the first two. Waiting on the feed, not the
+    # clock, keeps this a test of heartbeats on a slow machine too.
+    feed = make_socket(zmq.SUB, role="frontend", server="catalog")
+    feed.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+    feed.connect(api.pub_endpoint)
+    seqs = [msgpack.unpackb(recv_with_timeout(feed, 30)[1])["seq"] for _ in range(3)]
+    assert seqs[0] == seqs[-1], f"heartbeats moved on without trades: {seqs}"
     cache = api.health()["data"]["cache"]
-    assert cache["live"] and cache["flushes"] == flushes
+    assert cache["live"] and cache["flushes"] == flushes, cache
 
 
 # ---- error rows ----------------------------------------------------------------

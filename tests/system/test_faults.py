@@ -38,10 +38,8 @@ def chaos_only(request):
 
 @pytest.fixture
 def trading(cluster, seed):
-    traders = Traders(cluster, seed).start()
-    traders.wait_progress(20)
-    yield traders
-    traders.finish()
+    with Traders.running(cluster, seed) as traders:
+        yield traders
 
 
 def test_kill_leader_repeatedly(cluster, trading, seed):

@@ -54,7 +54,13 @@ def test_insecure_mode_runs_plaintext_and_warns(tmp_path):
         )
     try:
         with rpc.Client(endpoint, timeout=1.0) as plain:  # no keys at all
-            wait_until(lambda: plain.call("ping", idempotent=True), 30, msg="catalog up")
+            wait_until(
+                lambda: plain.call("ping", idempotent=True),
+                60,
+                msg="catalog up",
+                processes={"catalog": proc},
+                log_dir=tmp_path,
+            )
             # No roles either: anybody may fence (what insecure mode gives up).
             assert plain.call("fence", epoch=5)["epoch"] == 5
         secure = rpc.Client(endpoint, timeout=0.5, keys=keys_for("client"), server_role="catalog")

@@ -30,10 +30,8 @@ def net_cluster(tmp_path, request):
 
 @pytest.fixture
 def traders(net_cluster, seed):
-    t = Traders(net_cluster, seed).start()
-    t.wait_progress(20)
-    yield t
-    t.finish()
+    with Traders.running(net_cluster, seed) as traders:
+        yield traders
 
 
 def health_status(cluster) -> str | None:

@@ -54,9 +54,12 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
     )
     lines: list[str] = []
 
-    def reader():
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
+    def reader():  # keeps the lines, and a log file for the wait's report if run-all dies
+        with open(tmp_path / "run-all.log", "w") as log:
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                log.write(line)
+                log.flush()
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
@@ -66,7 +69,14 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=3) as r:
                 return json.loads(r.read())["data"]["status"] == "ok"
 
-        wait_until(healthy, 60, interval=0.2, msg="run-all healthy\n" + "\n".join(lines[-30:]))
+        wait_until(
+            healthy,
+            120,
+            interval=0.2,
+            msg="run-all healthy",
+            processes={"run-all": proc},
+            log_dir=tmp_path,
+        )
         with urllib.request.urlopen(
             f"http://127.0.0.1:{http_port}/stocks/GameStart", timeout=5
         ) as r:

@@ -14,6 +14,7 @@ from bazaar.catalog.market import Fence, Stock, Trade
 from bazaar.catalog.market_csv import MarketFileError
 from bazaar.catalog.store import Catalog
 from bazaar.errors import BazaarError
+from tests.conftest import wait_until
 
 LIMITED_MARKET = """name,price,quantity,volume,max_volume
 Capped,10.5,100,0,10
@@ -562,7 +563,8 @@ def test_trades_decided_on_top_of_a_failed_write_fail_too(catalog, monkeypatch):
     assert entered.wait(10)
     second = threading.Thread(target=trade, args=("second", 90))  # decided on 90 left
     second.start()
-    time.sleep(0.1)  # let it queue behind the failing commit
+    # Decided (on the 90 the failing commit would leave) and queued behind it.
+    wait_until(lambda: "second" in catalog._pending_keys, 30, msg="second trade queued")
     monkeypatch.setattr(db, "commit_batch", real)
     release.set()
     first.join(10)
