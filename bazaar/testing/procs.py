@@ -6,6 +6,7 @@ The benchmarks' one way of sampling a service they started (Linux only).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -32,3 +33,24 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def running_threads(pid: int) -> int:
+    """How many of a process's threads are running or waiting for a CPU (state R) now."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += stat[stat.rindex(")") + 2] == "R"
+    return count
+
+
+def idle(pid: int, window: float = 0.3, busy: float = 0.1) -> bool:
+    """Whether a process used under `busy` of a CPU over `window` seconds and none of its
+    threads is runnable: it has worked through what it was sent. (A starved process
+    uses little CPU too, but its threads wait in state R.)"""
+    before = cpu_seconds(pid)
+    time.sleep(window)
+    return cpu_seconds(pid) - before < window * busy and running_threads(pid) == 0

@@ -16,9 +16,6 @@ import zmq
 from bazaar.testing.cluster import Cluster
 from tests.conftest import recv_with_timeout, wait_until, wall_budget
 
-pytest.importorskip("bazaar.catalog.service")
-pytest.importorskip("bazaar.order.service")
-
 pytestmark = pytest.mark.timeout(300)
 
 STOCK_KEYS = {"name", "price", "quantity", "volume", "max_volume"}

@@ -26,6 +26,7 @@ from bazaar import security
 from bazaar.testing import STOCKS
 from bazaar.testing.cluster import Cluster
 from bazaar.testing.keys import rpc_client
+from bazaar.testing.procs import idle
 from tests.conftest import keys_for, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -224,7 +225,9 @@ def test_one_replicas_key_cannot_do_what_its_role_may_not(cluster):
             except zmq.Again:
                 time.sleep(0.005)
         assert sent >= 1000, sent
-        time.sleep(1.0)  # the leader works through what was sent
+        # Measured once the leader has worked through what was sent (not after a
+        # guessed second, which a slow machine could pass with the flood unread).
+        cluster.wait_until(lambda: idle(pid), 120, 0.0, "the leader idle after the flood")
         grown_mib = (rss_kib(pid) - rss_before) / 1024
         # Unbounded, ~3000 replies of ~20 KB would be ~60 MB; the bound is
         # 16 queued replies + a 1 MiB backlog (+ allocator slack).

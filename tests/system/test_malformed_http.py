@@ -19,9 +19,6 @@ import urllib.parse
 
 import pytest
 
-pytest.importorskip("bazaar.catalog.service")
-pytest.importorskip("bazaar.order.service")
-
 pytestmark = pytest.mark.timeout(600)
 
 COUNT = int(os.environ.get("BAZAAR_HTTP_FUZZ_COUNT", "1200"))

@@ -10,9 +10,9 @@ all interfaces; the test trades from a sixth host. Nothing in the code may
 assume loopback or one machine: if it did, the cluster would not become
 healthy, or the leader kills would lose or duplicate an order (checked with
 bazaar.testing.traders.check_invariants). Each service's /metrics must answer on its
-host's address too. With the cluster's keys when `bazaar keys init`
-exists — each service given only the public keys and its own secret key,
-as a pod of deploy/kubernetes — else insecure (printed).
+host's address too. With the cluster's keys (`bazaar keys init`), each
+service given only the public keys and its own secret key, as a pod of
+deploy/kubernetes.
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ from tests.system.netns import Net, NetCluster, net_cluster_for
 ORDER_PORT = 5561  # the same on every replica: each has a host of its own
 METRICS_PORT = 9100
 NETNS_ETC = Path("/etc/netns")
-
-
-def keys_supported() -> bool:
-    probe = [sys.executable, "-m", "bazaar.cli", "keys", "--help"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 @contextlib.contextmanager
@@ -75,8 +70,6 @@ def own_keys(keys: Path, role: str) -> Path:
 class NamedCluster(NetCluster):
     """NetCluster with host names instead of addresses, one port for all replicas."""
 
-    secure: bool = False
-
     def assign_ports(self) -> None:
         super().assign_ports()
         self.order_ports = dict.fromkeys(REPLICA_IDS, ORDER_PORT)
@@ -94,11 +87,7 @@ class NamedCluster(NetCluster):
 
     def env(self, name: str) -> dict[str, str]:
         env = super().env(name)
-        if self.secure:
-            env["BAZAAR_KEYS_DIR"] = str(own_keys(self.root / "keys", name))
-        else:
-            env.pop("BAZAAR_KEYS_DIR", None)
-            env["BAZAAR_INSECURE"] = "1"
+        env["BAZAAR_KEYS_DIR"] = str(own_keys(self.root / "keys", name))
         return env
 
 
@@ -106,14 +95,11 @@ class NamedCluster(NetCluster):
 def named_cluster(tmp_path, request, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "*")  # urllib must not send the LAN's addresses to a proxy
     monkeypatch.setenv("no_proxy", "*")
-    secure = keys_supported()
-    if secure:
-        init = [sys.executable, "-m", "bazaar.cli", "keys", "init", str(tmp_path / "keys")]
-        subprocess.run(init, check=True, capture_output=True)
-    print(f"multi-host: {'CurveZMQ keys' if secure else 'INSECURE (no `bazaar keys` yet)'}")
+    init = [sys.executable, "-m", "bazaar.cli", "keys", "init", str(tmp_path / "keys")]
+    subprocess.run(init, check=True, capture_output=True)
 
     def make(net: Net) -> NamedCluster:
-        return NamedCluster(tmp_path, net=net, secure=secure)
+        return NamedCluster(tmp_path, net=net)
 
     with net_cluster_for(request, make, setup=hosts_files) as cluster:
         yield cluster
@@ -157,8 +143,7 @@ def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):
     # `bazaar call` by name, the service's role found from its endpoint
     # although every replica has the same port.
     env = cluster.env("frontend")
-    if cluster.secure:
-        env["BAZAAR_KEYS_DIR"] = str(own_keys(cluster.root / "keys", "client"))
+    env["BAZAAR_KEYS_DIR"] = str(own_keys(cluster.root / "keys", "client"))
     for rid in (1, 2, 3):
         argv = [
             sys.executable,

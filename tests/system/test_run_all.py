@@ -15,9 +15,6 @@ import pytest
 
 from tests.conftest import free_port, wait_until
 
-pytest.importorskip("bazaar.catalog.service")
-pytest.importorskip("bazaar.order.service")
-
 pytestmark = pytest.mark.timeout(180)
 
 NAMES = ("catalog", "order1", "order2", "order3", "frontend")

@@ -17,9 +17,6 @@ import pytest
 
 from bazaar.testing import STOCKS
 
-pytest.importorskip("bazaar.catalog.service")
-pytest.importorskip("bazaar.order.service")
-
 pytestmark = pytest.mark.timeout(600)
 
 SESSIONS = 16
