@@ -284,7 +284,7 @@ def test_first_election_picks_highest_with_epoch_1_and_tells_everyone(world):
     data = wait_until(lambda: healthy(fe), 10, msg="healthy")
     assert data["order"]["leader"] == 3 and data["order"]["epoch"] == 1
     assert replicas[3].set_leader_calls == [(3, 1)]
-    wait_until(lambda: all(r.set_leader_calls == [(3, 1)] for r in replicas.values()), 5)
+    wait_until(lambda: all(r.set_leader_calls == [(3, 1)] for r in replicas.values()), 30)
 
 
 def test_existing_agreement_is_adopted_without_new_epoch(world):
@@ -323,7 +323,7 @@ def test_leader_death_is_invisible_to_the_client(world):
         status, body = fe.http("GET", "/health")
         return status == 200 and body["data"]["status"] == "degraded" and body["data"]
 
-    assert wait_until(degraded, 3)["order"]["replicas"]["3"]["up"] is False
+    assert wait_until(degraded, wall_budget(3.0))["order"]["replicas"]["3"]["up"] is False
 
 
 def test_retry_after_failover_keeps_the_key(world):
@@ -418,7 +418,7 @@ def test_invalidation_refreshes_entry(world):
     assert lookup_quantity(fe) == 100
     assert fe.cache.stats()["hits"] >= 1
     catalog.change("GameStart", 90)
-    wait_until(lambda: lookup_quantity(fe) == 90, 5, msg="invalidation applied")
+    wait_until(lambda: lookup_quantity(fe) == 90, 30, msg="invalidation applied")
 
 
 def test_lost_invalidation_gap_flushes(world):
@@ -428,7 +428,7 @@ def test_lost_invalidation_gap_flushes(world):
     assert lookup_quantity(fe, "FishCo") == 100
     catalog.change("FishCo", 80, announce=False)  # this invalidation is lost...
     catalog.change("GameStart", 70)  # ...the next one shows the gap
-    wait_until(lambda: lookup_quantity(fe, "FishCo") == 80, 5, msg="gap flush")
+    wait_until(lambda: lookup_quantity(fe, "FishCo") == 80, 30, msg="gap flush")
 
 
 def test_silence_flushes_and_disables(world):
@@ -437,11 +437,11 @@ def test_silence_flushes_and_disables(world):
     wait_until(lambda: cache_live(fe), 10)
     assert lookup_quantity(fe) == 100
     catalog.heartbeats.clear()
-    wait_until(lambda: not fe.cache.live, 5, msg="silence noticed")
+    wait_until(lambda: not fe.cache.live, 30, msg="silence noticed")
     catalog.change("GameStart", 60, announce=False)
     assert lookup_quantity(fe) == 60
     catalog.heartbeats.set()
-    wait_until(lambda: cache_live(fe), 5)
+    wait_until(lambda: cache_live(fe), 30)
 
 
 def test_restarted_catalog_flushes(world):
@@ -452,7 +452,7 @@ def test_restarted_catalog_flushes(world):
     flushes = fe.cache.stats()["flushes"]
     catalog.quantity["GameStart"] = 55
     catalog.boot = "boot-2"
-    wait_until(lambda: fe.cache.stats()["flushes"] > flushes, 5)
+    wait_until(lambda: fe.cache.stats()["flushes"] > flushes, 30)
     assert lookup_quantity(fe) == 55
 
 
@@ -530,4 +530,4 @@ def test_replica_that_missed_set_leader_is_told(world):
     fe = frontend()
     wait_until(lambda: healthy(fe), 10)
     replicas[1].leader, replicas[1].epoch = None, 0  # as if restarted with no state
-    wait_until(lambda: (replicas[1].leader, replicas[1].epoch) == (3, 1), 5, msg="monitor fix-up")
+    wait_until(lambda: (replicas[1].leader, replicas[1].epoch) == (3, 1), 30, msg="monitor fix-up")

@@ -226,7 +226,7 @@ def test_a_replica_down_for_many_orders_catches_up_in_pages(trio, monkeypatch):
     assert trio.replicas[1].log.last_number == 40
     peer = rpc.Client(trio.endpoints[1], timeout=5, keys=keys_for("order2"), server_role="order1")
     with peer:  # catch_up is for replicas only
-        first = wait_until(lambda: peer.call("catch_up", after=-1), 5)
+        first = wait_until(lambda: peer.call("catch_up", after=-1), 30)
     assert first["more"] is True and len(first["records"]) == 7
     trio.wait_identical()
 

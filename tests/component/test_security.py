@@ -81,7 +81,7 @@ def test_per_caller_limit_refuses_a_flood_from_one_role_only(guarded):
     done = []
     runner = threading.Thread(target=lambda: done.append(first.call("slow")))
     runner.start()
-    wait_until(lambda: srv._running.get(("slow", "order1")) == 1, 5, msg="first call running")
+    wait_until(lambda: srv._running.get(("slow", "order1")) == 1, 30, msg="first call running")
     with client(srv, "order1") as again, pytest.raises(BazaarError) as err:
         again.call("slow")
     assert err.value.code == "RESOURCE_EXHAUSTED"
@@ -89,7 +89,7 @@ def test_per_caller_limit_refuses_a_flood_from_one_role_only(guarded):
     got = []
     second = threading.Thread(target=lambda: got.append(other.call("slow")))
     second.start()  # another role has slots of its own
-    wait_until(lambda: srv._running.get(("slow", "order2")) == 1, 5, msg="order2 running")
+    wait_until(lambda: srv._running.get(("slow", "order2")) == 1, 30, msg="order2 running")
     release.set()
     runner.join(5)
     second.join(5)

@@ -107,13 +107,20 @@ def test_idempotency_key_trades_once(api):
 
 
 def test_health_shape(api):
-    status, body = api.http("GET", "/health")
-    assert status == 200
-    data = body["data"]
+    def all_up():
+        # /health is a view refreshed in the background: on a loaded machine one
+        # slow status answer shows a replica down for a moment (seen in CI-like runs).
+        status, body = api.http("GET", "/health")
+        replicas = body["data"]["order"]["replicas"].values()
+        return body["data"] if status == 200 and all(r["up"] for r in replicas) else None
+
+    data = wait_until(all_up, 60, 0.2, "every replica up on /health")
     assert data["status"] == "ok"
-    assert data["catalog"] == {"up": True} or data["catalog"]["up"] is True
+    assert data["catalog"] == {"up": True, "writable": True}
     order = data["order"]
-    assert order["leader"] == 3 and order["epoch"] >= 1
+    # Replica 3 is elected first (tests/component/test_frontend.py); a re-election
+    # under load may have moved the lead since, which is not what this checks.
+    assert order["leader"] in (1, 2, 3) and order["epoch"] >= 1
     assert set(order["replicas"]) == {"1", "2", "3"}
     for rep in order["replicas"].values():
         assert rep["up"] is True
@@ -122,7 +129,7 @@ def test_health_shape(api):
 
 
 def test_cache_serves_repeated_lookups(api):
-    wait_until(lambda: api.health()["data"]["cache"].get("live", True), 10)
+    wait_until(lambda: api.health()["data"]["cache"].get("live", True), 60)
     stock(api, "GameStart")
     hits = api.health()["data"]["cache"]["hits"]
     for _ in range(3):
@@ -236,7 +243,7 @@ def test_unavailable_rows(tmp_path):
         status, body = c.http("GET", "/stocks/FishCo", timeout=30)  # FishCo was never cached
         assert status in (503, 504), body
         error_of((status, body), status)
-        wait_until(lambda: c.http("GET", "/health", timeout=10)[0] == 503, 15, msg="health 503")
+        wait_until(lambda: c.http("GET", "/health", timeout=10)[0] == 503, 60, msg="health 503")
         c.start("catalog")
         c.wait_healthy(60)
         for name in ("order1", "order2", "order3"):

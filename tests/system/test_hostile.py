@@ -67,7 +67,7 @@ def settled(cluster: Cluster):
         logs = order_logs(cluster)
         return (market(cluster), logs) if logs[1] == logs[2] == logs[3] else None
 
-    return wait_until(agree, 20, 0.2, "replicas agree")
+    return wait_until(agree, 60, 0.2, "replicas agree")
 
 
 class Attacker:

@@ -46,7 +46,7 @@ def test_leader_cut_off_from_both_followers(net_cluster, traders):
     old = leader_of(net_cluster)
     followers = tuple(f"order{r}" for r in (1, 2, 3) if r != old)
     net.partition((f"order{old}",), followers)
-    wait_until(lambda: leader_of(net_cluster) != old, 30, 0.2, "a leader among the followers")
+    wait_until(lambda: leader_of(net_cluster) != old, 60, 0.2, "a leader among the followers")
     traders.wait_progress(30)  # trading goes on on the majority side
     net.heal()
     traders.wait_progress(20)
@@ -62,7 +62,7 @@ def test_front_end_cut_off_from_the_leader(net_cluster, traders):
     net = net_cluster.net
     old = leader_of(net_cluster)
     net.cut("frontend", f"order{old}")
-    wait_until(lambda: leader_of(net_cluster) != old, 30, 0.2, "a leader the front end reaches")
+    wait_until(lambda: leader_of(net_cluster) != old, 60, 0.2, "a leader the front end reaches")
     traders.wait_progress(30)
     net.heal()
     traders.wait_progress(20)

@@ -96,7 +96,7 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, "\n".join(lines[-30:])
-        wait_until(lambda: not any(alive(pid) for pid in pids.values()), 10, msg="children gone")
+        wait_until(lambda: not any(alive(pid) for pid in pids.values()), 30, msg="children gone")
         t.join(5)
         assert any("all services stopped" in line for line in lines)
     finally:
