@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bazaar.catalog import db
-from bazaar.catalog.market import TRADE_TYPES, Fence, Stock, Trade
+from bazaar.catalog.market import Fence, Stock, Trade
 from bazaar.catalog.market_csv import MarketFileError, decode_market
+from bazaar.rules import ORDER_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def decode_line(raw: bytes) -> Trade:
     if len(fields) != 8:
         raise ValueError(f"expected 9 fields, got {len(fields) + 1}")
     seq, key, name, trade_type, quantity, epoch, new_quantity, new_volume = fields
-    if trade_type not in TRADE_TYPES:
+    if trade_type not in ORDER_TYPES:
         raise ValueError(f"type {trade_type!r} is not buy or sell")
     numbers = (seq, quantity, epoch, new_quantity, new_volume)
     if not all(_COUNT.fullmatch(n) for n in numbers):

@@ -3,7 +3,8 @@
 Owns:
 - `Stock`, the default market, and `Trade` (one applied trade with the
   stock's quantity and volume right after it, which is also its reply);
-- the argument checks of `trade` and `fence` (INVALID_ARGUMENT);
+- the argument checks of `trade` and `fence` (INVALID_ARGUMENT): a key, a
+  name, a type and a quantity as `bazaar.rules` defines them for every service;
 - `apply_trade`: enough stock to buy, `max_volume` never passed
   (FAILED_PRECONDITION), else the stock's new quantity and volume;
 - `Fence` and `admit`: a call at epoch E by leader L passes only if E is not
@@ -19,14 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bazaar import rules
 from bazaar.errors import BazaarError, invalid, not_found, precondition
 from bazaar.wire import MAX_EPOCH, is_int
-
-TRADE_TYPES = ("buy", "sell")
-MAX_KEY_LEN = 200
-MAX_NAME_LEN = 100
-# Far above any real order, and it keeps every count well inside msgpack's int64.
-MAX_TRADE_QUANTITY = 1_000_000_000
 
 DEFAULT_QUANTITY = 100
 DEFAULT_STOCKS = (
@@ -178,36 +174,11 @@ def admit(fence: Fence, epoch: int, leader: int | None) -> Fence:
 # ---- argument checks -----------------------------------------------------------------
 
 
-def has_control_chars(text: str) -> bool:
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
-
-
-def check_key(key: Any) -> str:
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
-        raise invalid(f"key must be a non-empty string of at most {MAX_KEY_LEN} characters")
-    if has_control_chars(key):
-        # Keys come from HTTP headers or UUIDs: nothing legitimate is refused, and
-        # an exported or logged key stays one line.
-        raise invalid("key must not contain control characters")
-    return key
-
-
-def check_name(name: Any) -> str:
+def check_lookup_name(name: Any) -> str:
+    """A lookup names a stock by any non-empty string: one that is none is NOT_FOUND."""
     if not isinstance(name, str) or not name:
         raise invalid("name must be a non-empty string")
     return name
-
-
-def check_trade_type(trade_type: Any) -> str:
-    if not isinstance(trade_type, str) or trade_type not in TRADE_TYPES:
-        raise invalid(f"type must be 'buy' or 'sell', not {trade_type!r:.40}")
-    return trade_type
-
-
-def check_quantity(quantity: Any) -> int:
-    if not is_int(quantity) or not 0 < quantity <= MAX_TRADE_QUANTITY:
-        raise invalid(f"quantity must be an integer from 1 to {MAX_TRADE_QUANTITY}")
-    return quantity
 
 
 def check_epoch(epoch: Any) -> int:
@@ -224,10 +195,11 @@ def check_leader(leader: Any) -> int | None:
 
 
 def check_trade(key: Any, name: Any, trade_type: Any, quantity: Any, epoch: Any, leader: Any):
-    """Every argument check of `trade`, in the order a caller reads the errors."""
-    check_key(key)
-    check_name(name)
-    check_trade_type(trade_type)
-    check_quantity(quantity)
+    """Every argument check of `trade`, in the order a caller reads the errors.
+
+    The key passes if a catalog may hold it already (`rules.is_stored_key`):
+    the store answers a retry of it, and checks `rules.is_key` for a new one.
+    """
+    rules.check_order(key, name, trade_type, quantity, stored_key=True)
     check_epoch(epoch)
     check_leader(leader)

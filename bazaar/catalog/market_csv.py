@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bazaar.catalog.market import MAX_NAME_LEN, Stock, has_control_chars
+from bazaar.catalog.market import Stock
 from bazaar.errors import BazaarError
+from bazaar.rules import MAX_NAME_LEN, is_stock_name
 
 MARKET_COLUMNS = ("name", "price", "quantity", "volume", "max_volume")
 
@@ -50,7 +51,7 @@ def _parse_stock_row(row: list[str], path: Path, line: int) -> Stock:
             line,
         )
     name, price_text, quantity, volume, max_volume = (field.strip() for field in row)
-    if not name or len(name) > MAX_NAME_LEN or has_control_chars(name):
+    if not is_stock_name(name):
         raise MarketFileError(
             path, f"name {name!r} must be 1 to {MAX_NAME_LEN} printable characters", line
         )

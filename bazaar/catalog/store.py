@@ -48,12 +48,13 @@ from bazaar.catalog.market import (
     apply_trade,
     check_epoch,
     check_leader,
-    check_name,
+    check_lookup_name,
     check_trade,
     default_market,
 )
 from bazaar.catalog.market_csv import MarketFileError
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
+from bazaar.rules import check_key
 from bazaar.wire import is_int
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Catalog:
 
     # ---- reads ---------------------------------------------------------
     def lookup(self, name: Any) -> dict[str, Any]:
-        check_name(name)
+        check_lookup_name(name)
         stock = self._durable.get(name)
         if stock is None:
             raise not_found(f"no stock named {name:.100}")
@@ -256,6 +257,7 @@ class Catalog:
                     )
                 applied = False
             else:
+                check_key(key)  # a new key: today's rule (a retry may carry an older key)
                 new_quantity, new_volume = apply_trade(
                     self._working.get(name), name, trade_type, quantity
                 )

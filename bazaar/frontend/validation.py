@@ -3,8 +3,9 @@
 Pure functions of bytes, strings and streams: each returns clean values or
 raises `BazaarError` INVALID_ARGUMENT (NOT_FOUND for order numbers no order
 can have), which the app turns into a JSON 400/404. Rules (SPEC section 1):
-exactly the fields name, quantity, type; quantity a real int (bools are not)
-in 1..MAX_QUANTITY; type "buy" or "sell"; bodies at most MAX_BODY_BYTES (413).
+exactly the fields name, quantity, type, each as `bazaar.rules` defines it
+(the order service and the catalog check the same); bodies at most
+MAX_BODY_BYTES (413).
 """
 
 from __future__ import annotations
@@ -17,19 +18,14 @@ from urllib.parse import parse_qsl
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from bazaar import rules
 from bazaar.errors import invalid, not_found
-from bazaar.wire import is_int
 
 MAX_BODY_BYTES = 16 * 1024
-MAX_NAME_LEN = 128
-MAX_QUANTITY = 1_000_000_000
-MAX_KEY_LEN = 200
 ORDER_FIELDS = frozenset({"name", "quantity", "type"})
-ORDER_TYPES = ("buy", "sell")
 
 _FORM_INT = re.compile(r"[+-]?[0-9]{1,19}")
 _ORDER_NUMBER = re.compile(r"-?[0-9]{1,30}")
-_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LEN}}}")
 
 
 def parse_order_body(content_type: str, raw: bytes) -> dict[str, Any]:
@@ -85,18 +81,11 @@ def validate_order(fields: Any) -> dict[str, Any]:
     missing = ORDER_FIELDS - set(fields)
     if missing:
         raise invalid(f"missing field(s): {', '.join(sorted(missing))}")
-    name, quantity, kind = fields["name"], fields["quantity"], fields["type"]
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
-        raise invalid(f"name must be a non-empty string of at most {MAX_NAME_LEN} characters")
-    if not is_int(quantity):
-        raise invalid("quantity must be an integer")
-    if quantity <= 0:
-        raise invalid("quantity must be > 0")
-    if quantity > MAX_QUANTITY:
-        raise invalid(f"quantity must be at most {MAX_QUANTITY}")
-    if kind not in ORDER_TYPES:
-        raise invalid('type must be "buy" or "sell"')
-    return {"name": name, "quantity": quantity, "type": kind}
+    return {
+        "name": rules.check_name(fields["name"]),
+        "quantity": rules.check_quantity(fields["quantity"]),
+        "type": rules.check_type(fields["type"]),
+    }
 
 
 def read_body(stream) -> bytes:
@@ -118,9 +107,7 @@ def order_key(header: str | None) -> str:
     """The client's Idempotency-Key, checked; or a fresh one of our own."""
     if header is None:
         return uuid.uuid4().hex
-    if not _KEY.fullmatch(header):
-        raise invalid(f"Idempotency-Key must be 1-{MAX_KEY_LEN} printable ASCII characters")
-    return header
+    return rules.check_key(header, "Idempotency-Key")
 
 
 def parse_order_number(text: str) -> int:

@@ -13,11 +13,10 @@ import contextlib
 import logging
 import time
 
-from bazaar import rpc, security, wire
+from bazaar import rpc, rules, security, wire
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.order import replication as rep
 from bazaar.order.commit import Waiter, budget
-from bazaar.order.log import ORDER_TYPES
 from bazaar.order.recovery import parse_records
 
 log = logging.getLogger("bazaar.order.service")
@@ -26,19 +25,7 @@ READY_WAIT = 2.0  # how long an order waits for a recovering leader
 CATALOG_TIMEOUT = 2.0
 CATCH_UP_LIMIT = 4000  # records per catch_up reply
 CATCH_UP_BYTES = 768 << 10  # and about this much: under wire.MAX_MESSAGE_BYTES (1 MiB)
-MAX_KEY_LEN = 256
 DISK_COOLDOWN = 5.0  # a replica whose disk failed this recently refuses to lead
-
-
-def check_order_args(key, name, type, quantity) -> None:
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
-        raise invalid(f"key must be a printable string of 1..{MAX_KEY_LEN} characters")
-    if not isinstance(name, str) or not name:
-        raise invalid("name must be a non-empty string")
-    if type not in ORDER_TYPES:
-        raise invalid("type must be 'buy' or 'sell'")
-    if not wire.is_int(quantity) or quantity <= 0:
-        raise invalid("quantity must be an integer > 0")
 
 
 def method_roles(replica_id: int, replicas) -> dict[str, frozenset[str]]:
@@ -92,7 +79,7 @@ class Handlers:
                 self._changed.wait(left)
 
     def rpc_order(self, key, name, type, quantity):
-        check_order_args(key, name, type, quantity)
+        rules.check_order(key, name, type, quantity)
         epoch = self._wait_serving()
         with self._lock:
             if not self.machine.has_majority() and self.machine.number_of(key) is None:

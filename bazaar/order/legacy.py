@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bazaar.order.log import FIELDS, ORDER_TYPES, LogCorrupt, Record, disk_error
+from bazaar.order.log import FIELDS, LogCorrupt, Record, disk_error
+from bazaar.rules import ORDER_TYPES
 
 if TYPE_CHECKING:
     from bazaar.order.log import OrderLog

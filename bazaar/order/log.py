@@ -43,7 +43,7 @@ from bazaar.order.logdb import (  # noqa: F401 (re-exported: the log's readers u
 )
 from bazaar.order.logdb import connect as _connect
 from bazaar.order.logdb import to_record as _record
-from bazaar.order.record import FIELDS, ORDER_TYPES, Record  # noqa: F401 (re-exported)
+from bazaar.order.record import FIELDS, Record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 FIELDS = ("number", "name", "type", "quantity", "key", "trade_seq", "epoch")
-ORDER_TYPES = ("buy", "sell")
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,10 +57,15 @@ def test_data_dir_of_commit_40bb7ee_is_imported(upgraded):
         listed = cat.trades_since(0)["trades"]
         assert [t["seq"] for t in listed] == list(range(1, 64))
         assert {t["key"] for t in listed} == set(want["acknowledged"])
-        # Every imported key, retried, gets its original result and trades nothing.
+        # Every imported key, retried, gets its original result and trades nothing,
+        # also 'e3-"quoted", key', whose space today's rule refuses in a new key.
         for key, result in want["acknowledged"].items():
             outcome = cat.trade(key, result["name"], result["type"], result["quantity"], 3)
             assert not outcome.applied and outcome.result == result, key
+        assert 'e3-"quoted", key' in want["acknowledged"]
+        with pytest.raises(BazaarError) as excinfo:
+            cat.trade('e3-"quoted", new', "GameStart", "buy", 1, 3)
+        assert excinfo.value.code == "INVALID_ARGUMENT"
         assert {s["name"]: s for s in cat.stocks()} == want["market"]
         # The fence came along: the epoch-2 leader stays fenced off.
         with pytest.raises(BazaarError) as excinfo:

@@ -7,7 +7,6 @@ import pytest
 from bazaar.catalog import market_csv
 from bazaar.catalog.market import (
     MAX_EPOCH,
-    MAX_TRADE_QUANTITY,
     Fence,
     Stock,
     Trade,
@@ -20,6 +19,7 @@ from bazaar.catalog.market import (
 )
 from bazaar.catalog.market_csv import MarketFileError
 from bazaar.errors import BazaarError
+from bazaar.rules import MAX_QUANTITY
 
 
 def code_of(excinfo) -> str:
@@ -77,7 +77,7 @@ def test_unknown_stock_is_not_found():
         {"quantity": True},
         {"quantity": 1.0},
         {"quantity": "1"},
-        {"quantity": MAX_TRADE_QUANTITY + 1},
+        {"quantity": MAX_QUANTITY + 1},
         {"epoch": 0},
         {"epoch": True},
         {"epoch": -1},

