@@ -8,8 +8,10 @@ The server is granian (a Rust HTTP/1 server) chosen by measurement: bench/http.p
 and docs/performance.md ("HTTP") show it serving cached lookups 1.5-2.6x faster than
 waitress and gunicorn gthread. Its WSGI worker runs as a thread of this process
 (no forked worker, no signal handlers of its own), so the front end stays one
-small process and `serve` keeps working from any thread. waitress stays
-available as `serve_waitress`.
+small process and `serve` keeps working from any thread. That takes granian
+internals, all of them in `bazaar.frontend.granian_worker`: `serve` probes them
+first and, if they moved (another granian than the one pinned), serves with
+waitress instead and says so in the log.
 
 Shutdown: when `stop` is set, granian's worker signal closes the listener and
 every connection; `serve` returns within milliseconds. (waitress: the listening
@@ -21,28 +23,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 
 from bazaar.config import Config
+from bazaar.frontend import granian_worker
 from bazaar.frontend.app import close_app, create_app
 
 log = logging.getLogger(__name__)
 
 THREADS = 8
 # Bodies above the app's own limit still get the app's JSON 413; only bodies
-# above this much larger bound are refused by waitress itself (plain text).
+# above this much larger bound are refused by the server itself.
 MAX_REQUEST_BODY = 1 << 20
 SHUTDOWN_GRACE = 0.3
-JEMALLOC_CONF = "narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
 
 def serve(
     app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
 ) -> None:
     """Run `app` under the production server until `stop` is set."""
+    moved = granian_worker.probe()
+    if moved is not None:
+        log.warning("granian cannot be embedded (%s): serving with waitress instead", moved)
+        serve_waitress(app, host, port, stop, ready)
+        return
     serve_granian(app, host, port, stop, ready)
 
 
@@ -50,46 +55,7 @@ def serve_granian(
     app, host: str, port: int, stop: threading.Event, ready: Callable[[int], None] | None = None
 ) -> None:
     """Run `app` under granian, its WSGI worker a thread of this process, until `stop` is set."""
-    # granian's own jemalloc, read when the library loads: one arena, no thread
-    # caches, freed pages returned after 1 s. ~2-3 MB less RSS under load (the
-    # five services share a 150 MB budget) at no measurable cost in throughput.
-    os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)
-    from granian.constants import Interfaces, RuntimeModes
-    from granian.net import SocketSpec
-    from granian.server.mt import MTServer
-
-    # MTServer.serve() wants a free-threaded build and the main thread's signals;
-    # one worker thread started by hand needs neither (granian 2.8+ internals,
-    # pinned <3 in pyproject; tests/component/test_frontend.py runs this path).
-    server = MTServer(
-        "bazaar.frontend.app:create_app",
-        address=host,
-        port=port,
-        interface=Interfaces.WSGI,
-        workers=1,
-        blocking_threads=THREADS,
-        runtime_mode=RuntimeModes.mt,
-        log_enabled=False,
-    )
-    try:
-        server._shd = SocketSpec(host, port, server.backlog).build()
-    except RuntimeError as exc:  # the bind error, with a Rust backtrace appended
-        raise OSError(f"cannot listen on {host}:{port}: {str(exc).splitlines()[0]}") from None
-    with socket.socket(fileno=os.dup(server._shd.get_fd())) as sock:
-        effective_port = sock.getsockname()[1]
-    worker = server._spawn_worker(
-        idx=0, target=MTServer._spawn_wsgi_worker, callback_loader=drain_body(app)
-    )
-    worker.inner.start()
-    if ready is not None:
-        ready(effective_port)
-    log.info("front end listening on http://%s:%s (granian, %d threads)", host, port, THREADS)
-    while not stop.wait(0.1):
-        if not worker.inner.is_alive():
-            log.error("granian worker ended unexpectedly")
-            break
-    worker.terminate()
-    worker.join(SHUTDOWN_GRACE)
+    granian_worker.serve(drain_body(app), host, port, stop, THREADS, SHUTDOWN_GRACE, ready)
 
 
 def drain_body(app):
