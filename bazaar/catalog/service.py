@@ -68,12 +68,11 @@ class Publisher:
         endpoint: str,
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        context: zmq.Context | None = None,
         keys: security.Keys | None = None,
     ):
         self.boot = os.urandom(8).hex()  # not `secrets`: it pulls in OpenSSL (~4 MB)
         self.heartbeat_interval = heartbeat_interval
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = zmq.Context.instance()
         self._keys = keys
         self._sock = rpc.harden(self._ctx.socket(zmq.PUB))
         # Bound here, so a taken port fails the start; the socket then moves to
@@ -151,7 +150,6 @@ class CatalogService:
         config: Config,
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        context: zmq.Context | None = None,
     ):
         self.config = config
         keys = security.for_service(config.keys_path, config.insecure, "catalog")
@@ -161,14 +159,12 @@ class CatalogService:
             self.publisher = Publisher(
                 config.bind(config.catalog_pub),
                 heartbeat_interval=heartbeat_interval,
-                context=context,
                 keys=keys,
             )
             try:
                 self.server = rpc.Server(
                     config.bind(config.catalog),
                     service="catalog",
-                    context=context,
                     keys=keys,
                     info_roles=READERS,
                 )

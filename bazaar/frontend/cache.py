@@ -192,13 +192,12 @@ class InvalidationFeed:
         cache: LookupCache,
         *,
         silence: float = SILENCE_FLUSH_SECONDS,
-        context: zmq.Context | None = None,
         keys: security.Keys | None = None,
     ):
         self.endpoint = endpoint
         self.keys = keys  # CurveZMQ to the catalog's PUB (None: plaintext)
         self.state = FeedState(cache, silence)
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = zmq.Context.instance()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

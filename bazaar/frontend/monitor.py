@@ -4,10 +4,10 @@
 RPC: two probe threads refresh what it is built from (the catalog's market
 via `list_stocks`, which also says the catalog is up and whether its latest
 write committed; every replica's
-`status` via the order router) every `interval` seconds. So a burst of polls
+`status` via the order router) every INTERVAL seconds. So a burst of polls
 costs nothing on the internal network and can never hold up order handling,
 and what they see is at most about a second old: a probe answer older than
-`stale_after` counts as no answer.
+STALE_AFTER counts as no answer.
 
 `health(...)` is the pure part: SPEC section 1's /health body from the probes'
 latest results, the router's leader and epoch, and the cache counters.
@@ -121,31 +121,21 @@ class _Probe:
 class ClusterMonitor:
     """Background probes of the catalog and the replicas; `snapshot()` reads them."""
 
-    def __init__(
-        self,
-        catalog,
-        orders,
-        cache,
-        *,
-        interval: float = INTERVAL,
-        probe_timeout: float = PROBE_TIMEOUT,
-        stale_after: float = STALE_AFTER,
-    ):
+    def __init__(self, catalog, orders, cache):
         self.catalog, self.orders, self.cache = catalog, orders, cache
-        self.stale_after = stale_after
         self._stop = threading.Event()
 
         def market() -> dict[str, Any]:
             try:
-                return catalog.call("list_stocks", timeout=probe_timeout, idempotent=True)
+                return catalog.call("list_stocks", timeout=PROBE_TIMEOUT, idempotent=True)
             except BazaarError as err:
                 if not err.remote:
                     raise
                 return {"stocks": None}  # it answered, so it is up; no market to show
 
-        self._market = _Probe("catalog", market, interval, self._stop)
+        self._market = _Probe("catalog", market, INTERVAL, self._stop)
         self._replicas = _Probe(
-            "orders", lambda: orders.statuses(probe_timeout), interval, self._stop
+            "orders", lambda: orders.statuses(PROBE_TIMEOUT), INTERVAL, self._stop
         )
 
     def start(self) -> ClusterMonitor:
@@ -173,10 +163,10 @@ class ClusterMonitor:
 
     def health(self) -> tuple[dict[str, Any], int]:
         self._wait_first()
-        statuses = self._replicas.fresh(self.stale_after)
+        statuses = self._replicas.fresh(STALE_AFTER)
         if statuses is None:  # the probe itself is late: nothing known of any replica
             statuses = dict.fromkeys(getattr(self.orders, "clients", {}))
-        answer = self._market.fresh(self.stale_after)
+        answer = self._market.fresh(STALE_AFTER)
         writable = answer.get("writable") if isinstance(answer, dict) else None
         return health(
             answer is not None,
@@ -190,7 +180,7 @@ class ClusterMonitor:
     def market(self) -> list[dict[str, Any]] | None:
         """The stocks as last seen (None when the catalog did not answer lately)."""
         self._wait_first()
-        answer = self._market.fresh(self.stale_after)
+        answer = self._market.fresh(STALE_AFTER)
         if not isinstance(answer, dict) or not isinstance(answer.get("stocks"), list):
             return None
         stocks = [

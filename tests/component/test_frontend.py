@@ -1,4 +1,4 @@
-"""The real front end (waitress, real RPC clients, real SUB socket) against fake services.
+"""The real front end (granian, real RPC clients, real SUB socket) against fake services.
 
 The fake catalog and fake order replicas are small `rpc.Server`s that follow
 docs/architecture.md: `lookup`, `order`/`get_order`/`set_leader`/`status`, the
