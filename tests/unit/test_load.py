@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
 
@@ -240,3 +242,13 @@ def test_sessions_are_closed():
 
     load.run_load(factory, sessions=3, requests=5, p=0.5, seed=random.randrange(100))
     assert len(made) == 3 and all(s.closed for s in made)
+
+
+def test_importing_the_load_client_pulls_in_no_optional_extra():
+    """numpy, matplotlib, tqdm and urllib3 come with the `load` extra: imported when used."""
+    code = (
+        "import sys, bazaar.load; "
+        "print(sorted(m for m in ('numpy', 'matplotlib', 'tqdm', 'urllib3') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
