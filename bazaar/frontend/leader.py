@@ -29,57 +29,28 @@ The front end is the single election authority (SPEC section 3, as in the seed).
   `set_leader` (restarted, were down during the election) who leads.
 
 It never decides HTTP statuses: it raises `BazaarError` and the app maps it.
+The election's pure rules (which replica to keep, whom to appoint, the
+back-off) are in `bazaar.frontend.election`; this module asks and acts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from bazaar.errors import BazaarError
+from bazaar.frontend.election import Backoff, candidates, epoch_of, serving_leader
 from bazaar.rpc import Client
 from bazaar.security import Keys, replica_role
-from bazaar.wire import MAX_EPOCH, is_int
+from bazaar.wire import MAX_EPOCH
 
 log = logging.getLogger(__name__)
 
 SUSPECT_FOR = 10.0  # seconds a leader that lost its majority is a candidate of last resort
-
-
-class Backoff:
-    """The pause before the next election: randomised, growing, reset by a served order.
-
-    The first election after a quiet spell runs at once (failover stays
-    fast); each further one waits for a random part of a delay that doubles
-    from `base` up to `cap`. Pure: the caller passes the time.
-    """
-
-    def __init__(self, base: float = 0.05, cap: float = 1.0, quiet: float = 10.0, rng=None):
-        self.base, self.cap, self.quiet = base, cap, quiet
-        self.rng = rng or random.Random()
-        self.delay = 0.0
-        self.last = float("-inf")
-        self.next_at = float("-inf")
-
-    def wait(self, now: float) -> float:
-        """Seconds to wait before an election may start."""
-        return max(0.0, self.next_at - now)
-
-    def started(self, now: float) -> None:
-        if now - self.last > self.quiet:
-            self.delay = 0.0
-        self.delay = self.base if self.delay == 0 else min(self.cap, self.delay * 2)
-        self.last = now
-        self.next_at = now + self.delay * self.rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.delay = 0.0
-        self.next_at = float("-inf")
 
 
 class OrderRouter:
@@ -260,8 +231,8 @@ class OrderRouter:
                     "UNAVAILABLE",
                     f"only {len(live)} of {len(self.clients)} order replicas answer: no majority",
                 )
-            top_epoch = max([_epoch(st.get("epoch")) for st in live.values()] + [self.epoch])
-            kept = self._serving_leader(live, top_epoch)
+            top_epoch = max([epoch_of(st.get("epoch")) for st in live.values()] + [self.epoch])
+            kept = serving_leader(live, top_epoch, self._suspected)
             if kept is not None:
                 self._current = (kept, top_epoch)
                 log.info("replica %s leads at epoch %s: kept", kept, top_epoch)
@@ -269,7 +240,7 @@ class OrderRouter:
                 return self._current
             if top_epoch >= MAX_EPOCH:
                 raise BazaarError("UNAVAILABLE", "order epochs exhausted (2^53-1)")
-            result = self._appoint(self._candidates(live), top_epoch + 1)
+            result = self._appoint(candidates(live, self._suspected), top_epoch + 1)
             if result is None:
                 continue
             leader, epoch = result
@@ -285,35 +256,6 @@ class OrderRouter:
             # Someone knew a higher epoch: run the election again above it.
         raise BazaarError("UNAVAILABLE", "leader election did not converge")
 
-    def _serving_leader(self, live: dict[int, dict[str, Any]], top_epoch: int) -> int | None:
-        """A live replica that leads `top_epoch` and has (or is gathering) its majority."""
-        for rid, st in live.items():
-            if (
-                top_epoch > 0
-                and st.get("leader") == rid
-                and _epoch(st.get("epoch")) == top_epoch
-                and st.get("role") in (None, "leader", "recovering")
-                and st.get("majority") is not False
-                and not self._suspected(rid)
-            ):
-                return rid
-        return None
-
-    def _candidates(self, live: dict[int, dict[str, Any]]) -> list[int]:
-        """Best first: not suspected, most up-to-date log (last epoch, then number), highest id."""
-
-        def rank(rid: int) -> tuple:
-            st = live[rid]
-            last = st.get("last_number")
-            return (
-                not self._suspected(rid),
-                _epoch(st.get("last_epoch")),
-                last if is_int(last) else -1,
-                rid,
-            )
-
-        return sorted(live, key=rank, reverse=True)
-
     def _appoint(self, candidates: list[int], epoch: int) -> tuple[int, int] | None:
         """Send set_leader to the first candidate that accepts; None if none does."""
         for rid in candidates:
@@ -327,7 +269,7 @@ class OrderRouter:
                     return rid, epoch
                 except BazaarError as err:
                     if err.remote and err.code == "ABORTED":
-                        epoch = max(epoch, _epoch(err.details.get("epoch"))) + 1
+                        epoch = max(epoch, epoch_of(err.details.get("epoch"))) + 1
                         continue
                     log.warning("set_leader to replica %s failed: %s", rid, err)
                     epoch += 1  # it may have taken `epoch` late: never reuse it
@@ -357,7 +299,7 @@ class OrderRouter:
                 return True
             except BazaarError as err:
                 if err.remote and err.code == "ABORTED":
-                    return _epoch(err.details.get("epoch"))
+                    return epoch_of(err.details.get("epoch"))
             return False
 
         answers = in_parallel(one, targets, self.status_timeout * 2 + 1.0).values()
@@ -398,7 +340,7 @@ class OrderRouter:
         if (
             st is None
             or st.get("leader") != leader
-            or _epoch(st.get("epoch")) != epoch
+            or epoch_of(st.get("epoch")) != epoch
             or lost_majority
         ):
             self._leader_misses += 1
@@ -413,7 +355,7 @@ class OrderRouter:
                     log.warning("election failed: %s", err)
             return
         self._leader_misses = 0
-        if any(s is not None and _epoch(s.get("epoch")) > epoch for s in statuses.values()):
+        if any(s is not None and epoch_of(s.get("epoch")) > epoch for s in statuses.values()):
             with contextlib.suppress(BazaarError):
                 self.elect(current)
             return
@@ -444,11 +386,6 @@ def in_parallel(func: Callable[[Any], Any], items: Iterable[Any], timeout: float
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     return {item: results.get(item) for item in items} if threads else {}
-
-
-def _epoch(value: Any) -> int:
-    """An epoch from a replica's answer; 0 for anything outside 1..2^53-1."""
-    return value if is_int(value) and 1 <= value <= MAX_EPOCH else 0
 
 
 def _sleep(backoff: float, deadline: float) -> float:
