@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 GRANIAN_VERSION = "2.8.9"  # the version pyproject.toml pins and probe() was written against
 # One arena, no thread caches, freed pages returned after 1 s: ~2-3 MB less RSS
 # under load (the five services share a 150 MB budget) at no measurable cost.
+LISTEN_TIMEOUT = 10.0  # seconds for the worker thread to listen (a loaded machine)
 JEMALLOC_CONF = "narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0"
 SPAWN_WORKER_ARGS = ("self", "idx", "target", "callback_loader")
 WSGI_WORKER_ARGS = (
@@ -152,10 +154,16 @@ def serve(
         server._shd = SocketSpec(host, port, server.backlog).build()
     except RuntimeError as exc:  # the bind error, with a Rust backtrace appended
         raise OSError(f"cannot listen on {host}:{port}: {str(exc).splitlines()[0]}") from None
+    worker = server._spawn_worker(idx=0, target=MTServer._spawn_wsgi_worker, callback_loader=app)
     with socket.socket(fileno=os.dup(server._shd.get_fd())) as sock:
         effective_port = sock.getsockname()[1]
-    worker = server._spawn_worker(idx=0, target=MTServer._spawn_wsgi_worker, callback_loader=app)
-    worker.inner.start()
+        worker.inner.start()
+        # The socket is only bound so far: the worker thread listens on it. `ready`
+        # means connections are taken, so wait for that (or for the worker to die).
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            if not worker.inner.is_alive() or time.monotonic() > deadline or stop.wait(0.005):
+                break
     if ready is not None:
         ready(effective_port)
     log.info("front end listening on http://%s:%s (granian, %d threads)", host, port, threads)
