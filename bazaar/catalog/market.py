@@ -84,30 +84,20 @@ class Trade:
 
     def summary(self) -> dict[str, Any]:
         """The `trades_since` view of a trade."""
-        return {
-            "seq": self.seq,
-            "key": self.key,
-            "name": self.name,
-            "type": self.type,
-            "quantity": self.quantity,
-            "epoch": self.epoch,
-        }
+        return {**self._fields(), "epoch": self.epoch}
 
     def result(self, stock: Stock) -> dict[str, Any]:
         """The `trade` reply; `stock` gives price and max_volume, which never change."""
+        after = Stock(self.name, stock.price, self.new_quantity, self.new_volume, stock.max_volume)
+        return {**self._fields(), "stock": after.to_dict()}
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "key": self.key,
             "name": self.name,
             "type": self.type,
             "quantity": self.quantity,
-            "stock": {
-                "name": self.name,
-                "price": stock.price,
-                "quantity": self.new_quantity,
-                "volume": self.new_volume,
-                "max_volume": stock.max_volume,
-            },
         }
 
 

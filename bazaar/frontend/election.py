@@ -45,7 +45,7 @@ class Backoff:
         self.next_at = float("-inf")
 
 
-def epoch_of(value: Any) -> int:
+def answered_epoch(value: Any) -> int:
     """An epoch from a replica's answer; 0 for anything outside 1..2^53-1."""
     return value if is_int(value) and 1 <= value <= MAX_EPOCH else 0
 
@@ -58,7 +58,7 @@ def serving_leader(
         if (
             top_epoch > 0
             and st.get("leader") == rid
-            and epoch_of(st.get("epoch")) == top_epoch
+            and answered_epoch(st.get("epoch")) == top_epoch
             and st.get("role") in (None, "leader", "recovering")
             and st.get("majority") is not False
             and not suspected(rid)
@@ -75,7 +75,7 @@ def candidates(live: dict[int, dict[str, Any]], suspected: Callable[[int], bool]
         last = st.get("last_number")
         return (
             not suspected(rid),
-            epoch_of(st.get("last_epoch")),
+            answered_epoch(st.get("last_epoch")),
             last if is_int(last) else -1,
             rid,
         )

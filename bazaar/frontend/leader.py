@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bazaar.errors import BazaarError
-from bazaar.frontend.election import Backoff, candidates, epoch_of, serving_leader
+from bazaar.frontend.election import Backoff, answered_epoch, candidates, serving_leader
 from bazaar.rpc import Client
 from bazaar.security import Keys, replica_role
 from bazaar.wire import MAX_EPOCH
@@ -231,7 +231,9 @@ class OrderRouter:
                     "UNAVAILABLE",
                     f"only {len(live)} of {len(self.clients)} order replicas answer: no majority",
                 )
-            top_epoch = max([epoch_of(st.get("epoch")) for st in live.values()] + [self.epoch])
+            top_epoch = max(
+                [answered_epoch(st.get("epoch")) for st in live.values()] + [self.epoch]
+            )
             kept = serving_leader(live, top_epoch, self._suspected)
             if kept is not None:
                 self._current = (kept, top_epoch)
@@ -269,7 +271,7 @@ class OrderRouter:
                     return rid, epoch
                 except BazaarError as err:
                     if err.remote and err.code == "ABORTED":
-                        epoch = max(epoch, epoch_of(err.details.get("epoch"))) + 1
+                        epoch = max(epoch, answered_epoch(err.details.get("epoch"))) + 1
                         continue
                     log.warning("set_leader to replica %s failed: %s", rid, err)
                     epoch += 1  # it may have taken `epoch` late: never reuse it
@@ -299,7 +301,7 @@ class OrderRouter:
                 return True
             except BazaarError as err:
                 if err.remote and err.code == "ABORTED":
-                    return epoch_of(err.details.get("epoch"))
+                    return answered_epoch(err.details.get("epoch"))
             return False
 
         answers = in_parallel(one, targets, self.status_timeout * 2 + 1.0).values()
@@ -340,7 +342,7 @@ class OrderRouter:
         if (
             st is None
             or st.get("leader") != leader
-            or epoch_of(st.get("epoch")) != epoch
+            or answered_epoch(st.get("epoch")) != epoch
             or lost_majority
         ):
             self._leader_misses += 1
@@ -355,7 +357,7 @@ class OrderRouter:
                     log.warning("election failed: %s", err)
             return
         self._leader_misses = 0
-        if any(s is not None and epoch_of(s.get("epoch")) > epoch for s in statuses.values()):
+        if any(s is not None and answered_epoch(s.get("epoch")) > epoch for s in statuses.values()):
             with contextlib.suppress(BazaarError):
                 self.elect(current)
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bazaar.frontend.election import candidates, epoch_of, serving_leader
+from bazaar.frontend.election import answered_epoch, candidates, serving_leader
 from bazaar.wire import MAX_EPOCH
 
 
@@ -52,5 +52,5 @@ def test_candidates_rank_by_log_then_id_with_suspects_last():
 
 
 def test_epoch_of_takes_only_real_epochs():
-    assert [epoch_of(v) for v in (1, 7, MAX_EPOCH)] == [1, 7, MAX_EPOCH]
-    assert [epoch_of(v) for v in (0, -1, MAX_EPOCH + 1, True, 2.0, "3", None)] == [0] * 7
+    assert [answered_epoch(v) for v in (1, 7, MAX_EPOCH)] == [1, 7, MAX_EPOCH]
+    assert [answered_epoch(v) for v in (0, -1, MAX_EPOCH + 1, True, 2.0, "3", None)] == [0] * 7
