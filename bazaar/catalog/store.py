@@ -2,10 +2,8 @@
 
 Owns `Catalog`, thread-safe: it decides each `trade` and `fence` by the rules
 of `bazaar.catalog.market` under one lock, and makes it durable in
-`catalog.db` (`bazaar.catalog.db`) before it returns. Also the data dir's
-`catalog.lock` (an flock: two catalogs never share one data dir) and its
-first start: a new dir gets the default market, a dir of the CSV release is
-imported (`bazaar.catalog.legacy`) in one transaction.
+`catalog.db` (`bazaar.catalog.db`) before it returns. Opening takes the data
+dir's lock and, on a first start, fills catalog.db (`bazaar.catalog.datadir`).
 
 Group commit: a trade is decided on the *working* market (durable state plus
 decided-but-unwritten trades) and queued; its caller then waits until it is
@@ -28,7 +26,6 @@ tries again, so trading resumes by itself once the disk has room.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -39,7 +36,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bazaar import metrics
-from bazaar.catalog import db, legacy
+from bazaar.catalog import db
+from bazaar.catalog.datadir import initialise, lock_data_dir
 from bazaar.catalog.market import (
     Fence,
     Stock,
@@ -50,7 +48,6 @@ from bazaar.catalog.market import (
     check_leader,
     check_lookup_name,
     check_trade,
-    default_market,
 )
 from bazaar.catalog.market_csv import MarketFileError
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
@@ -60,7 +57,6 @@ from bazaar.wire import is_int
 log = logging.getLogger(__name__)
 
 DB_FILE = db.DB_FILE
-LOCK_FILE = "catalog.lock"
 # A full disk fails every write: log the first, then a summary this often.
 LOG_EVERY = 10.0
 # One reply must stay under the wire's 1 MiB limit even with 200-character keys.
@@ -135,13 +131,13 @@ class Catalog:
         """
         started = time.monotonic()
         data_dir = Path(data_dir)
-        lock_fd = _lock_data_dir(data_dir)
+        lock_fd = lock_data_dir(data_dir)
         conns: list[sqlite3.Connection] = []
         path = data_dir / DB_FILE
         try:
             try:
                 conns.append(db.connect(path, writer=True))
-                _initialise(conns[0], data_dir)
+                initialise(conns[0], data_dir)
                 conns.append(db.connect(path))
                 conns.append(db.connect(path))
                 catalog = cls(data_dir, lock_fd, *conns)
@@ -411,54 +407,6 @@ class Catalog:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _initialise(conn: sqlite3.Connection, data_dir: Path) -> None:
-    """Give a new catalog.db its content: the legacy files' if any, else the default market."""
-    if db.schema_version(conn) == db.SCHEMA_VERSION:
-        leftovers = legacy.present(data_dir)
-        if leftovers:  # an import committed, then the process died before renaming them
-            moved = legacy.set_aside(leftovers)
-            log.warning("already imported into %s; set aside %s", DB_FILE, _names(moved))
-        return
-    old = legacy.import_into(conn, data_dir)
-    if old is None:
-        db.create(conn, default_market().values())
-        log.info("%s: created with the default market", data_dir / DB_FILE)
-        return
-    moved = legacy.set_aside(old.files)
-    log.warning(
-        "imported %d stocks, %d trades and fence epoch %d from %s into %s; kept the old files as %s",
-        old.stocks,
-        old.trades,
-        old.fence.epoch,
-        _names(old.files),
-        DB_FILE,
-        _names(moved),
-    )
-
-
-def _names(paths: list[Path]) -> str:
-    return ", ".join(p.name for p in paths)
-
-
-def _lock_data_dir(data_dir: Path) -> int:
-    """flock `catalog.lock`, creating the data dir as needed; a clear error if it cannot."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise BazaarError(
-            "UNAVAILABLE", f"{data_dir}: cannot use the data dir: {exc.strerror or exc}"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise BazaarError(
-            "FAILED_PRECONDITION", f"{data_dir}: another catalog is already using this data dir"
-        ) from None
-    return fd
 
 
 __all__ = ["Catalog", "MarketFileError", "Stock", "TradeOutcome", "DB_FILE", "MAX_TRADES_PAGE"]
