@@ -8,11 +8,8 @@ replication, so a retried order key finds its first number on the new leader.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import msgpack
@@ -28,6 +25,7 @@ from bazaar.frontend.leader import OrderRouter
 from bazaar.frontend.server import serve
 from bazaar.rpc import Client, Server
 from bazaar.testing.fake_catalog import FakeCatalog as BaseFakeCatalog
+from bazaar.testing.http_client import http_json
 from tests.conftest import free_port, keys_for, wait_until, wall_budget
 
 
@@ -235,18 +233,7 @@ class FrontEnd:
         self.catalog_client.close()
 
     def http(self, method, path, body=None, headers=None, timeout=20.0):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+        return http_json(f"http://127.0.0.1:{self.port}", method, path, body, headers, timeout)
 
 
 BUY = {"name": "GameStart", "quantity": 1, "type": "buy"}
