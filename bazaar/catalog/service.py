@@ -3,8 +3,10 @@
 Owns the wiring only: the market's state and its database live in
 `bazaar.catalog.store`, the trade rules in `bazaar.catalog.market`. Threads:
 - the RPC server's I/O thread answers `lookup` and `list_stocks` inline (a
-  read under the store's lock, never disk I/O); `trade`, `fence` and
-  `trades_since` run on its worker pool, since they may wait for an fsync;
+  read under the store's lock, never disk I/O), and decides each `trade` as
+  it reads it, answering the trades read together after their one group
+  commit (`rpc.Later`): an fsync per burst on that thread, no hand-off;
+  `fence` and `trades_since` run on its worker pool;
 - the publisher thread is the only user of the PUB socket (zmq sockets are not
   thread-safe): it sends `[b"invalidate", {seq, name, boot}]` for every applied
   trade handed to it, and `[b"heartbeat", {seq, boot}]` once a second.
@@ -176,7 +178,9 @@ class CatalogService:
             raise
         self.server.register("lookup", self.lookup, inline=True, roles=ROLES["lookup"])
         self.server.register("list_stocks", self.list_stocks, inline=True, roles=READERS)
-        self.server.register("trade", self.trade, roles=ROLES["trade"])
+        # On the I/O thread: trades are decided in memory as they are read, and
+        # a burst is answered after one group commit (no worker hand-off).
+        self.server.register("trade", self._trade_later, inline=True, roles=ROLES["trade"])
         self.server.register("fence", self.fence, roles=ROLES["fence"])
         # Pages of up to 2000 trades: one running per replica is all they need,
         # plus the retries of an idempotent call that timed out (3 in flight).
@@ -212,6 +216,19 @@ class CatalogService:
             self.publisher.invalidate(outcome.result["name"])
             self.invalidations += 1  # read by bazaar.metrics at scrape time
         return outcome.result
+
+    def _trade_later(self, key, name, type, quantity, epoch, leader=None):
+        """`trade` for the RPC server: decided now, answered after the batch's commit."""
+        finish = self.catalog.trade_later(key, name, type, quantity, epoch, leader)
+
+        def done():
+            outcome = finish()
+            if outcome.applied:
+                self.publisher.invalidate(outcome.result["name"])
+                self.invalidations += 1
+            return outcome.result
+
+        return rpc.Later(done)
 
     def fence(self, epoch, leader=None):
         return self.catalog.fence(epoch, leader)

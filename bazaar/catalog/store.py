@@ -31,6 +31,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -239,6 +240,20 @@ class Catalog:
         `leader` (optional) is the replica trading for epoch `epoch`: another
         leader of the same epoch is refused (ABORTED), as is a lower epoch.
         """
+        return self.trade_later(key, name, trade_type, quantity, epoch, leader)()
+
+    def trade_later(
+        self,
+        key: Any,
+        name: Any,
+        trade_type: Any,
+        quantity: Any,
+        epoch: Any,
+        leader: Any = None,
+    ) -> Callable[[], TradeOutcome]:
+        """`trade` in two steps: decided now (a bad or refused trade raises here), and
+        a function that returns its outcome once durable, committing the queue if
+        nobody has: a burst decided first then shares one commit."""
         check_trade(key, name, trade_type, quantity, epoch, leader)
         with self._lock:
             self._check_open()
@@ -266,11 +281,15 @@ class Catalog:
                 change = self._enqueue(earlier, fence)
                 applied = True
             stock = self._durable[name]  # price and max_volume never change while serving
-        # A repeated key may name a trade still waiting for its commit: the first
-        # result must not be repeated before it is durable either.
-        if change is not None:
-            self._make_durable(change)
-        return TradeOutcome(earlier.result(stock), applied)
+
+        def finish() -> TradeOutcome:
+            # A repeated key may name a trade still waiting for its commit: the
+            # first result must not be repeated before it is durable either.
+            if change is not None:
+                self._make_durable(change)
+            return TradeOutcome(earlier.result(stock), applied)
+
+        return finish
 
     def _earlier(self, key: str) -> tuple[Trade | None, _Change | None]:
         """The trade already made with `key` and its pending change, if any (lock held)."""

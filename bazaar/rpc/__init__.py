@@ -32,7 +32,7 @@ from bazaar.rpc.client import (
     Pipeline,
     call,
 )
-from bazaar.rpc.methods import caller, time_left
+from bazaar.rpc.methods import Later, caller, time_left
 from bazaar.rpc.server import (
     BACKLOG_BYTES,
     MAX_FRAMES,
@@ -60,6 +60,7 @@ __all__ = [
     "HEARTBEAT_TIMEOUT_MS",
     "HWM",
     "LIVENESS_SLICE",
+    "Later",
     "MAX_FRAMES",
     "PEER_BACKLOG_BYTES",
     "PIPELINE_HWM",

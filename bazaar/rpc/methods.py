@@ -3,7 +3,7 @@
 Owns `Method` (a registered function with its argument names, roles and
 per-caller limit), `execute` (one request to one encoded reply: the
 deadline check, the metrics hook, errors turned into error replies without
-leaking details), and the thread-locals a running handler reads:
+leaking details), `Later` (an inline method's answer given after its batch), and the thread-locals a running handler reads:
 `time_left` (its caller's deadline) and `caller` (its caller's role).
 """
 
@@ -74,6 +74,56 @@ class Method:
             raise BazaarError("INVALID_ARGUMENT", f"{method}: missing arguments {sorted(missing)}")
 
 
+class Later:
+    """An inline handler's answer that is ready only after its batch: `finish()` gives it.
+
+    A method registered `inline=True` may return `Later(finish)` instead of a
+    result: the server reads every request already waiting, then calls each
+    `finish` on its I/O thread, in order, and sends the replies. A handler
+    that queues work and returns a Later (the catalog's trades: decided in
+    memory, then one group commit) thus serves a burst with one flush and no
+    thread hand-off. `finish` raises BazaarError like any handler.
+    """
+
+    __slots__ = ("finish", "request", "started", "service", "observe")
+
+    def __init__(self, finish: Callable[[], Any]):
+        self.finish = finish
+
+    def reply(self) -> bytes:
+        """Run `finish` and encode its outcome (the metrics hook counts the whole call)."""
+        reply, code = _outcome(self.request, self.finish, self.service)
+        if isinstance(reply, Later):
+            err = BazaarError("INTERNAL", f"{self.request.method}: a Later finished with a Later")
+            reply, code = wire.encode_error(self.request.id, err), err.code
+        self.observe(self.request.method, code, time.perf_counter() - self.started)
+        return reply
+
+
+def _outcome(request: wire.Request, produce: Callable[[], Any], service: str):
+    """(encoded reply or a Later, code) of running `produce` for `request`."""
+    try:
+        result = produce()
+        if isinstance(result, Later):
+            return result, "OK"
+        reply = wire.encode_result(request.id, result)
+    except BazaarError as err:
+        return wire.encode_error(request.id, err), err.code
+    except Exception as exc:
+        # The details (paths, exception text) stay in this log, under an id.
+        error_id = os.urandom(6).hex()
+        log.exception("%s.%s failed (error id %s)", service, request.method, error_id)
+        what = type(exc).__name__
+        err = BazaarError("INTERNAL", f"{request.method} failed: {what} (error id {error_id})")
+        return wire.encode_error(request.id, err), err.code
+    if len(reply) > wire.MAX_MESSAGE_BYTES:
+        err = BazaarError(
+            "RESOURCE_EXHAUSTED", f"{request.method}: reply over {wire.MAX_MESSAGE_BYTES} bytes"
+        )
+        return wire.encode_error(request.id, err), "OK"
+    return reply, "OK"
+
+
 def execute(
     method: Method,
     request: wire.Request,
@@ -81,38 +131,33 @@ def execute(
     role: str | None,
     service: str,
     observe: Callable[[str, str, float], None],
-) -> bytes:
-    """Run `request` with `method` on this thread; its encoded reply (result or error)."""
+) -> bytes | Later:
+    """Run `request` with `method` on this thread: its encoded reply (result or error),
+    or the `Later` an inline method returned (its reply comes from `Later.reply`)."""
     started = time.perf_counter()
-    code = "OK"
     if deadline is not None and time.monotonic() >= deadline:
         err = BazaarError("DEADLINE_EXCEEDED", "deadline passed before the call ran")
         observe(request.method, err.code, time.perf_counter() - started)
         return wire.encode_error(request.id, err)
     _running.deadline = deadline
     _caller.role = role
-    try:
+
+    def produce():
         method.check_args(request.method, request.args)
-        result = method.func(**request.args)
-        reply = wire.encode_result(request.id, result)
-    except BazaarError as err:
-        code = err.code
-        return wire.encode_error(request.id, err)
-    except Exception as exc:
-        # The details (paths, exception text) stay in this log, under an id.
-        error_id = os.urandom(6).hex()
-        log.exception("%s.%s failed (error id %s)", service, request.method, error_id)
-        what = type(exc).__name__
-        err = BazaarError("INTERNAL", f"{request.method} failed: {what} (error id {error_id})")
-        code = err.code
-        return wire.encode_error(request.id, err)
+        return method.func(**request.args)
+
+    try:
+        reply, code = _outcome(request, produce, service)
     finally:
         _running.deadline = None
         _caller.role = None
-        observe(request.method, code, time.perf_counter() - started)
-    if len(reply) > wire.MAX_MESSAGE_BYTES:
-        err = BazaarError(
-            "RESOURCE_EXHAUSTED", f"{request.method}: reply over {wire.MAX_MESSAGE_BYTES} bytes"
+    if isinstance(reply, Later):
+        reply.request, reply.started, reply.service, reply.observe = (
+            request,
+            started,
+            service,
+            observe,
         )
-        return wire.encode_error(request.id, err)
+        return reply
+    observe(request.method, code, time.perf_counter() - started)
     return reply

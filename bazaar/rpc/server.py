@@ -2,7 +2,9 @@
 
 Threading: one I/O thread owns the ROUTER socket (zmq sockets are not
 thread-safe). Methods registered `inline=True` (fast, never block) run on that
-thread; all others run on a bounded worker pool, and their replies travel back
+thread (one that returns a `Later` is answered after the requests already
+waiting are read: a batch shares one group commit); all others run on a
+bounded worker pool, and their replies travel back
 to the I/O thread over an inproc PUSH/PULL pair, so a slow handler never holds
 up the others. A peer whose reply queue is full gets its replies from a
 bounded backlog (`_park`), in order.
@@ -121,6 +123,7 @@ class Server:
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._parked: dict[bytes, tuple[collections.deque, int]] = {}
         self._parked_bytes = 0
+        self._later: list = []  # (envelope, methods.Later) of the batch being read
         self.replies_dropped = 0
         if keys is not None:
             # The ZAP handler first: a CURVE server without one admits anybody.
@@ -247,6 +250,17 @@ class Server:
         self._handle_safely(frames, role)
         self._drain_requests()
 
+    def _finish_later(self) -> None:
+        """Answer the Laters of the batch just read, in order (see `methods.Later`)."""
+        later, self._later = self._later, []
+        for envelope, pending in later:
+            try:
+                reply = pending.reply()
+            except Exception:  # never let one request kill the loop
+                log.exception("%s: unexpected error finishing a request", self.service)
+                continue
+            self._send([*envelope, reply])
+
     def _handle_safely(self, frames: list[bytes], role: str | None) -> None:
         try:
             self._handle_frames(frames, role)
@@ -260,8 +274,10 @@ class Server:
     def _drain_requests(self) -> None:
         for _ in range(1000):  # bounded, so replies are not starved
             if not readable(self._router):
-                return
+                break
             self._handle_safely(*recv_request(self._router, _NOBLOCK, self.keys is not None))
+        if self._later:
+            self._finish_later()
 
     def _send(self, frames: list[bytes]) -> None:
         ident = frames[0]
@@ -353,9 +369,11 @@ class Server:
         if request.deadline_ms is not None:
             deadline = received + request.deadline_ms / 1000.0
         if method.inline:
-            self._send(
-                [*envelope, execute(method, request, deadline, role, self.service, self.observe)]
-            )
+            reply = execute(method, request, deadline, role, self.service, self.observe)
+            if type(reply) is bytes:
+                self._send([*envelope, reply])
+            else:  # a Later: answered once the requests waiting now are read
+                self._later.append((envelope, reply))
             return
         slot = (request.method, role)
         with self._pending_lock:

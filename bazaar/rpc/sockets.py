@@ -25,6 +25,7 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+_RCVTIMEO = int(zmq.RCVTIMEO)
 
 
 def readable(sock: zmq.Socket) -> bool:
@@ -32,9 +33,9 @@ def readable(sock: zmq.Socket) -> bool:
     return bool(sock.getsockopt(_EVENTS) & _POLLIN)
 
 
-def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """recv_multipart(NOBLOCK) via Frame.more: one getsockopt fewer per frame."""
-    frame = sock.recv(_NOBLOCK, copy=False)
+def recv_frames(sock: zmq.Socket, flags: int = _NOBLOCK) -> list[bytes]:
+    """recv_multipart(flags) via Frame.more: one getsockopt fewer per frame."""
+    frame = sock.recv(flags, copy=False)
     frames = [frame.bytes]
     while frame.more:
         frame = sock.recv(_NOBLOCK, copy=False)

@@ -219,3 +219,47 @@ def test_pipeline_to_a_peer_that_is_not_there_drops_at_once():
         assert time.monotonic() - started < wall_budget(0.1) and pipe.replies() == []
     finally:
         pipe.close()
+
+
+def test_inline_later_answers_a_burst_after_reading_it_in_order(make_socket):
+    """A `Later` is finished once the requests already waiting are read, in order."""
+    from bazaar.rpc import Later
+
+    decided: list[int] = []
+    batches: list[list[int]] = []
+    queued: list[int] = []
+
+    def add(n):
+        if n < 0:
+            raise BazaarError("INVALID_ARGUMENT", "n must be >= 0")  # refused when read
+        decided.append(n)
+        queued.append(n)
+
+        def finish():
+            if queued:  # the first finish of a batch "commits" everything queued
+                batches.append(list(queued))
+                queued.clear()
+            if n == 13:
+                raise BazaarError("ABORTED", "unlucky")
+            return n * 2
+
+        return Later(finish)
+
+    server = Server("tcp://127.0.0.1:0", service="demo")
+    server.register("add", add, inline=True)
+    server.start()
+    try:
+        dealer = make_socket(zmq.DEALER, role=None)  # a plaintext server
+        dealer.connect(server.endpoint)
+        numbers = [1, 2, 13, -1, 5]
+        for i, n in enumerate(numbers):
+            dealer.send_multipart([b"", request("add", {"n": n}, req_id=i)])
+        replies = [msgpack.unpackb(recv_with_timeout(dealer)[1]) for _ in numbers]
+    finally:
+        server.stop()
+    assert [r["id"] for r in replies if r["ok"]] == [0, 1, 4]
+    assert [r["result"] for r in replies if r["ok"]] == [2, 4, 10]
+    errors = {r["id"]: r["error"]["code"] for r in replies if not r["ok"]}
+    assert errors == {2: "ABORTED", 3: "INVALID_ARGUMENT"}
+    assert decided == [1, 2, 13, 5]
+    assert sorted(n for batch in batches for n in batch) == [1, 2, 5, 13]  # all finished
