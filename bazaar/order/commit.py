@@ -23,6 +23,7 @@ log = logging.getLogger("bazaar.order.service")
 
 REPLY_MARGIN = 0.15  # an `order` answers this long before its caller's deadline
 ACK_WAIT = 10.0  # how long an order waits for its commit
+WRITER_SAFETY_NET = 0.25  # seconds between the writer thread's checks
 
 
 def budget(default: float) -> float:
@@ -37,13 +38,30 @@ def budget(default: float) -> float:
 
 
 class Waiter:
-    """One committed-or-not outcome that order threads wait for."""
+    """One committed-or-not outcome that order threads wait for.
 
-    __slots__ = ("event", "error")
+    A lock held from the start and released once by `set`, not an Event: an
+    Event is a Condition with its own lock, twice the work on both sides of
+    the one hand-off every order makes. Each waiter that gets through
+    releases it again for the next (the same key may be awaited twice).
+    """
+
+    __slots__ = ("_done", "error")
 
     def __init__(self):
-        self.event = threading.Event()
+        self._done = threading.Lock()
+        self._done.acquire()
         self.error: BazaarError | None = None
+
+    def set(self) -> None:
+        """Called once, by `_resolve` (which first pops it from `_waiters`)."""
+        self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        if not self._done.acquire(timeout=max(timeout, 0.0)):
+            return False
+        self._done.release()
+        return True
 
 
 class GroupCommit:
@@ -76,8 +94,12 @@ class GroupCommit:
             raise
 
     def _writer_loop(self) -> None:
-        """A safety net: flushes writes queued by paths that did not flush themselves."""
-        while not self._stop.wait(0.05):
+        """A safety net: flushes writes queued by paths that did not flush themselves.
+
+        Every path that queues writes flushes them itself; this catches what
+        an exception left behind, so it runs rarely (idle CPU).
+        """
+        while not self._stop.wait(WRITER_SAFETY_NET):
             self._flush()
 
     def _write(self, ops: list) -> None:
@@ -127,7 +149,7 @@ class GroupCommit:
         return waiter
 
     def _await(self, waiter: Waiter) -> None:
-        if not waiter.event.wait(budget(ACK_WAIT)):
+        if not waiter.wait(budget(ACK_WAIT)):
             raise unavailable("order not committed in time (replication stalled)")
         if waiter.error is not None:
             raise waiter.error

@@ -3,7 +3,8 @@
 Owns the thread that moves the machine's `Send` actions to the followers
 (one `rpc.Pipeline` per peer: `replicate` requests sent without waiting),
 feeds their replies back into the machine, and ticks the machine's clock
-every TICK. Nothing else uses these pipelines.
+every TICK while it leads (a follower's machine has no timers: it only
+wakes for replies and wake-ups). Nothing else uses these pipelines.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bazaar.order import replication as rep
 log = logging.getLogger("bazaar.order.service")
 
 TICK = 0.02  # replication timer resolution
+FOLLOWER_TICK = 0.25  # a follower's loop: nothing to time, just a check now and then
 
 
 class ReplicationLink:
@@ -49,7 +51,10 @@ class ReplicationLink:
         next_tick = time.monotonic()
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(int(TICK * 1000)))
+                # Only a leader's machine has timers; a follower wakes for
+                # replies, wake-ups (a new leadership queues Sends) and stop().
+                idle = self.machine.role == rep.FOLLOWER
+                events = dict(poller.poll(int((FOLLOWER_TICK if idle else TICK) * 1000)))
                 for sock in [s for s in events if s in by_socket]:
                     peer = by_socket[sock]
                     self._take_replies(peer, links[peer].replies())
@@ -67,6 +72,9 @@ class ReplicationLink:
             self._wake_w.close()
 
     def _drain_wake(self) -> None:
+        # Cleared before the outbox is flushed: a Send queued after this
+        # point wakes us again, one queued before it is in this flush.
+        self._wake_pending = False
         try:
             while self._wake_r.recv(4096):
                 pass

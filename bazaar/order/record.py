@@ -7,7 +7,7 @@ strict parse of a record received from a peer (`from_wire`), its public form
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 FIELDS = ("number", "name", "type", "quantity", "key", "trade_seq", "epoch")
 
@@ -23,7 +23,17 @@ class Record:
     epoch: int
 
     def to_wire(self) -> dict:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict copies recursively, ~5x slower, and
+        # runs for every record streamed to every follower.
+        return {
+            "number": self.number,
+            "name": self.name,
+            "type": self.type,
+            "quantity": self.quantity,
+            "key": self.key,
+            "trade_seq": self.trade_seq,
+            "epoch": self.epoch,
+        }
 
     @classmethod
     def from_wire(cls, data: dict) -> Record:

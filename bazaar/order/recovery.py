@@ -137,6 +137,7 @@ class Recovery:
                 if self.machine.epoch != epoch or self.machine.role != rep.RECOVERING:
                     return
                 self._perform(self.machine.start_leading(time.monotonic()))
+            self._flush()  # the re-stamp: it commits our first records
             while not self._stop.is_set() and self._still_leading(epoch):
                 try:
                     self._fence(epoch)

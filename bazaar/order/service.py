@@ -63,6 +63,7 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._writes: collections.deque = collections.deque()
         self._flushing = False
         self._outbox: collections.deque = collections.deque()
+        self._wake_pending = False  # the replication thread has a wake-up coming
         self._waiters: dict[int, Waiter] = {}
         self._trading: set[str] = set()  # keys whose catalog trade is in flight here
         self._serving = False  # leader, recovered and reconciled
@@ -184,7 +185,9 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
                 self._changed.notify_all()
             elif isinstance(action, rep.Send):
                 self._outbox.append(action)
-                self._wake()
+                if not self._wake_pending:  # one wake-up per drain of the outbox
+                    self._wake_pending = True
+                    self._wake()
             elif isinstance(action, rep.Acknowledge):
                 self._resolve(lambda n, upto=action.upto: n <= upto, None)
             elif isinstance(action, rep.Abort):
@@ -197,7 +200,7 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         for number in [n for n in self._waiters if selects(n)]:
             waiter = self._waiters.pop(number)
             waiter.error = error
-            waiter.event.set()
+            waiter.set()
 
     def _accept_epoch(self, epoch: int, leader: int) -> None:
         """Persist a new (epoch, leader) before the machine acts on it (under the lock)."""

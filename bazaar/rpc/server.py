@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
@@ -35,12 +34,13 @@ from bazaar.rpc.sockets import (
     _NOBLOCK,
     HWM,
     harden,
-    readable,
     recv_frames,
     send_frames,
 )
+from bazaar.rpc.workers import Workers
 
 log = logging.getLogger("bazaar.rpc")
+
 
 # Replies queued in zmq per connection on a server. A burst (a pipelining
 # client) can outrun the I/O thread for a moment: what does not fit waits in
@@ -143,7 +143,7 @@ class Server:
         self._replies.setsockopt(zmq.LINGER, 0)
         self._replies.setsockopt(zmq.RCVHWM, HWM)
         self._replies.bind(self._reply_addr)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc")
+        self._pool = Workers(workers, f"{service}-rpc", self._stop)
 
         self.register("ping", self._ping, inline=True, roles=info_roles)
         self.register("methods", self._list_methods, inline=True, roles=info_roles)
@@ -231,7 +231,7 @@ class Server:
                     self._drain_replies()
                     self._serve_blocking()
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._router.close(0)
             self._replies.close(0)
             for sock in self._pushers:
@@ -267,15 +267,24 @@ class Server:
         except Exception:  # never let one request kill the loop
             log.exception("%s: unexpected error handling a frame", self.service)
 
+    # Drains try the receive first: a message that is there costs no
+    # ZMQ_EVENTS check (a syscall in libzmq), only the last, empty try raises.
     def _drain_replies(self) -> None:
-        while readable(self._replies):
-            self._send(recv_frames(self._replies))
+        while True:
+            try:
+                frames = recv_frames(self._replies)
+            except zmq.Again:
+                return
+            self._send(frames)
 
     def _drain_requests(self) -> None:
+        secure = self.keys is not None
         for _ in range(1000):  # bounded, so replies are not starved
-            if not readable(self._router):
+            try:
+                frames, role = recv_request(self._router, _NOBLOCK, secure)
+            except zmq.Again:
                 break
-            self._handle_safely(*recv_request(self._router, _NOBLOCK, self.keys is not None))
+            self._handle_safely(frames, role)
         if self._later:
             self._finish_later()
 

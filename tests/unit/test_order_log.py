@@ -214,3 +214,11 @@ def test_a_caller_bound_never_poisons_the_kept_watermark(tmp_path):
     log.append_durable([rec(n) for n in range(10)])  # seqs 1..10
     assert log.trade_watermark(after=50) == 50  # the caller vouches for 1..50
     assert log.trade_watermark() == 10
+
+
+def test_record_to_wire_has_every_field():
+    import dataclasses
+
+    record = Record(3, "GameStart", "sell", 7, "k-3", 12, 2)
+    assert record.to_wire() == dataclasses.asdict(record)  # spelled out, none forgotten
+    assert Record.from_wire(record.to_wire()) == record
