@@ -34,6 +34,7 @@ from bazaar.rpc.sockets import (
     _NOBLOCK,
     HWM,
     harden,
+    readable,
     recv_frames,
     send_frames,
 )
@@ -228,7 +229,8 @@ class Server:
                     # Nothing on the worker pool: every reply was pushed before
                     # its request stopped counting as pending, so one drain
                     # suffices, and a blocking recv wakes up faster than a poll.
-                    self._drain_replies()
+                    if readable(self._replies):  # mostly not: one check, no raise
+                        self._drain_replies()
                     self._serve_blocking()
         finally:
             self._pool.shutdown()
