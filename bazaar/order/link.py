@@ -3,8 +3,8 @@
 Owns the thread that moves the machine's `Send` actions to the followers
 (one `rpc.Pipeline` per peer: `replicate` requests sent without waiting),
 feeds their replies back into the machine, and ticks the machine's clock
-every TICK while it leads (a follower's machine has no timers: it only
-wakes for replies and wake-ups). Nothing else uses these pipelines.
+every TICK while anything is in flight (a quiet machine has no timers to
+run: it ticks every IDLE_TICK and wakes for replies and wake-ups). Nothing else uses these pipelines.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bazaar.order import replication as rep
 log = logging.getLogger("bazaar.order.service")
 
 TICK = 0.02  # replication timer resolution
-FOLLOWER_TICK = 0.25  # a follower's loop: nothing to time, just a check now and then
+IDLE_TICK = 0.25  # the loop of a quiet machine (`Replica.quiet`): nothing to time
 
 
 class ReplicationLink:
@@ -49,12 +49,10 @@ class ReplicationLink:
             by_socket[link.socket] = peer
         poller.register(self._wake_r, zmq.POLLIN)
         next_tick = time.monotonic()
+        timeout, idle = TICK, False
         try:
             while not self._stop.is_set():
-                # Only a leader's machine has timers; a follower wakes for
-                # replies, wake-ups (a new leadership queues Sends) and stop().
-                idle = self.machine.role == rep.FOLLOWER
-                events = dict(poller.poll(int((FOLLOWER_TICK if idle else TICK) * 1000)))
+                events = dict(poller.poll(int(timeout * 1000)))
                 for sock in [s for s in events if s in by_socket]:
                     peer = by_socket[sock]
                     self._take_replies(peer, links[peer].replies())
@@ -64,7 +62,15 @@ class ReplicationLink:
                     next_tick = time.monotonic() + TICK
                     with self._lock:
                         self._perform(self.machine.tick(time.monotonic()))
+                        # Only a machine with something in flight has timers
+                        # to run; an idle one wakes for replies, wake-ups (an
+                        # order or a new leadership queues Sends) and stop().
+                        idle = self.machine.quiet()
                     self._flush_outbox(links)
+                elif idle:  # woken meanwhile: an order may have put records in flight
+                    with self._lock:
+                        idle = self.machine.quiet()
+                timeout = IDLE_TICK if idle else TICK
         finally:
             for link in links.values():
                 link.close()

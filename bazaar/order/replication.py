@@ -423,6 +423,16 @@ class Replica(LogTail):
         self.commit = target
         return [Acknowledge(target)]
 
+    def quiet(self) -> bool:
+        """No timer can fire: a follower, or a leader with every follower alive,
+        nothing in flight and nothing left to send (the service ticks it rarely)."""
+        if self.role == RECOVERING:
+            return False
+        return self.role == FOLLOWER or all(
+            f.alive and not f.inflight and f.next > self.last_number
+            for f in self.followers.values()
+        )
+
     # ---- status ---------------------------------------------------------------
     def follower_status(self) -> dict[int, dict]:
         return {

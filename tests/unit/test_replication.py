@@ -384,3 +384,26 @@ def test_random_leader_crashes_lose_no_acknowledged_record(seed):
     for n, order in committed.items():
         assert content(sim.disk[1][n]) == order, (seed, n)
     assert [r.number for r in sim.disk[1]] == list(range(len(sim.disk[1])))
+
+
+def test_quiet_only_when_no_timer_can_fire():
+    """The service ticks a quiet machine rarely: quiet must mean nothing in flight."""
+    sim = Sim()
+    leader = sim.machines[3]
+    assert leader.quiet()  # a follower has no timers
+    sim.elect(3, 1)  # probes every follower: in flight
+    assert not leader.quiet()
+    sim.run()
+    assert leader.quiet()
+    sim.propose(3, "a")
+    assert not leader.quiet()  # a record to stream and wait for
+    sim.run()
+    sim.flush(3)
+    sim.run()
+    assert leader.quiet()
+    sim.crash(1)
+    sim.propose(3, "b")
+    sim.run()
+    sim.flush(3)
+    sim.tick(1.0)  # follower 1 never answers: down, probed
+    assert not leader.quiet()
