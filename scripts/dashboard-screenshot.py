@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bazaar.testing.browser import ARGS, CHROMIUM
 from bazaar.testing.cluster import Cluster
-from tests.system.test_dashboard_browser import ARGS, CHROMIUM
 
 
 def main(out: str, seconds: int = 40) -> None:
