@@ -23,7 +23,7 @@ from pathlib import Path
 from bazaar.testing.http_client import http_json
 from bazaar.testing.keys import session_keys_dir
 from bazaar.testing.ports import free_port
-from bazaar.testing.waiting import check_alive, wait_until
+from bazaar.testing.waiting import wait_until
 
 REPLICA_IDS = (1, 2, 3)
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
@@ -166,10 +166,6 @@ class Cluster:
     def running(self) -> dict[str, subprocess.Popen]:
         """The processes that should be running: all started, less those killed on purpose."""
         return {name: p for name, p in self.procs.items() if name not in self.down}
-
-    def check_alive(self) -> None:
-        """Raise ProcessDied, with its log's last lines, if a service died unasked."""
-        check_alive(self.running(), self.root)
 
     def wait_until(self, cond, timeout: float, interval: float = 0.1, msg: str = ""):
         """wait_until that fails at once, with the log's tail, if a running service dies."""

@@ -181,7 +181,7 @@ def test_server_dying_mid_call_is_noticed_before_the_timeout(server, client):
     caller.join(10)
     assert outcome["err"].code == "UNAVAILABLE" and not outcome["err"].remote
     assert "lost" in outcome["err"].message
-    assert outcome["after"] < 10  # far below the 20 s budget
+    assert outcome["after"] < min(wall_budget(10.0), 19.0)  # below the 20 s budget
 
 
 def test_retry_false_makes_a_keyed_call_single_shot(server, client):
