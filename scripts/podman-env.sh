@@ -136,7 +136,10 @@ podman_env_teardown() {
     } >/dev/null 2>&1
     # Whatever is still mounted under the dir (overlay layers, shm) goes first.
     grep -F " $PODMAN_ENV_DIR" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
-    for n in $(comm -13 "$before/netns" <({ ls /run/netns 2>/dev/null || true; } | sort)); do
+    # Only podman's own (netns-<uuid>): a test suite running meanwhile has
+    # namespaces of its own here (tests/system/netns.py), and deleting its hub
+    # cut every link of that test's cluster ("Network is unreachable").
+    for n in $(comm -13 "$before/netns" <({ ls /run/netns 2>/dev/null || true; } | sort) | grep -E '^netns-'); do
         ip netns delete "$n" 2>/dev/null
     done
     for n in $(comm -13 "$before/links" <(_podman_env_links) | grep -E '^(podman[0-9]+|veth)'); do
