@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -89,6 +88,8 @@ def init_keys(directory: str | os.PathLike, roles: tuple[str, ...] = ROLES) -> l
         if public.exists() or secret.exists():
             half = public if public.exists() else secret
             raise KeysError(f"{half} exists without its other half; restore it or remove it")
+        import tempfile  # here: it pulls in random and shutil (~0.7 MB) every service
+
         with tempfile.TemporaryDirectory() as tmp:
             pub_file, sec_file = zmq.auth.create_certificates(tmp, role)
             pub_bytes, sec_bytes = Path(pub_file).read_bytes(), Path(sec_file).read_bytes()
