@@ -6,8 +6,8 @@ Its parts:
   liveness of connecting sockets) and the frame helpers of the hot paths;
 - `methods` — a registered method, running it (`execute`), and what a
   running handler may ask: `time_left`, `caller`;
-- `server` — `Server`: the ROUTER's I/O thread, the worker pool, the reply
-  backlog of a peer that does not read;
+- `server` — `Server`: the ROUTER's I/O thread and its dispatch; `workers`
+  its worker pool; `backlog` the replies held for a peer that does not read;
 - `client` — `Client` (no socket reused after a timeout), `Pipeline`
   (one-way streams), `call` (one-shot).
 
@@ -23,6 +23,7 @@ replies holds a bounded amount of this process's memory per connection (see
 REPLY_HWM), and only a holder of a cluster key gets a connection at all.
 """
 
+from bazaar.rpc.backlog import BACKLOG_BYTES, PEER_BACKLOG_BYTES
 from bazaar.rpc.client import (
     CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -33,13 +34,7 @@ from bazaar.rpc.client import (
     call,
 )
 from bazaar.rpc.methods import Later, caller, time_left
-from bazaar.rpc.server import (
-    BACKLOG_BYTES,
-    MAX_FRAMES,
-    PEER_BACKLOG_BYTES,
-    REPLY_HWM,
-    Server,
-)
+from bazaar.rpc.server import MAX_FRAMES, REPLY_HWM, Server
 from bazaar.rpc.sockets import (
     CONNECT_TIMEOUT_MS,
     HEARTBEAT_IVL_MS,

@@ -7,7 +7,7 @@ waiting are read: a batch shares one group commit); all others run on a
 bounded worker pool, and their replies travel back
 to the I/O thread over an inproc PUSH/PULL pair, so a slow handler never holds
 up the others. A peer whose reply queue is full gets its replies from a
-bounded backlog (`_park`), in order.
+bounded backlog (`bazaar.rpc.backlog`), in order.
 
 Security: given `keys`, the ROUTER is a CurveZMQ server whose ZAP handler
 (`bazaar.security`) names the caller's role; each method admits only the roles
@@ -16,7 +16,6 @@ it was registered with (see the package docstring).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -29,6 +28,7 @@ import zmq
 
 from bazaar import __version__, metrics, security, wire
 from bazaar.errors import BazaarError
+from bazaar.rpc.backlog import ReplyBacklog
 from bazaar.rpc.methods import Method, execute
 from bazaar.rpc.sockets import (
     _NOBLOCK,
@@ -43,15 +43,10 @@ from bazaar.rpc.workers import Workers
 log = logging.getLogger("bazaar.rpc")
 
 
-# Replies queued in zmq per connection on a server. A burst (a pipelining
-# client) can outrun the I/O thread for a moment: what does not fit waits in
-# the server's own backlog, bounded in bytes per peer and in all, and is sent
-# as the queue drains. A peer that never reads fills both and then loses its
-# replies: it holds at most REPLY_HWM x MAX_MESSAGE_BYTES + PEER_BACKLOG_BYTES.
+# Replies queued in zmq per connection on a server; what does not fit waits
+# in the server's ReplyBacklog (bazaar.rpc.backlog). A peer that never reads
+# holds at most REPLY_HWM x MAX_MESSAGE_BYTES + PEER_BACKLOG_BYTES.
 REPLY_HWM = 16
-PIPELINE_HWM = 1000  # requests a Pipeline may queue to its peer (its own messages)
-PEER_BACKLOG_BYTES = 1 << 20
-BACKLOG_BYTES = 16 << 20
 BACKLOG_RETRY_MS = 2
 # [identity, b"", payload] from a DEALER or REQ, plus the request-id frame of
 # REQ_CORRELATE: anything longer is refused.
@@ -120,12 +115,10 @@ class Server:
 
         self._router = harden(self._ctx.socket(zmq.ROUTER))
         self._router.setsockopt(zmq.SNDHWM, REPLY_HWM)
-        # A full queue raises Again instead of dropping silently: see _park.
+        # A full queue raises Again instead of dropping silently: see ReplyBacklog.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._parked: dict[bytes, tuple[collections.deque, int]] = {}
-        self._parked_bytes = 0
+        self._backlog = ReplyBacklog(service)
         self._later: list = []  # (envelope, methods.Later) of the batch being read
-        self.replies_dropped = 0
         if keys is not None:
             # The ZAP handler first: a CURVE server without one admits anybody.
             security.authenticators.acquire(self._ctx, keys)
@@ -193,6 +186,11 @@ class Server:
     def _list_methods(self) -> list[dict[str, Any]]:
         return [{"name": n, "args": list(m.arg_names)} for n, m in sorted(self._methods.items())]
 
+    @property
+    def replies_dropped(self) -> int:
+        """Replies lost to peers that do not read (see ReplyBacklog)."""
+        return self._backlog.dropped
+
     # ---- lifecycle ----------------------------------------------------
     def start(self) -> Server:
         self._thread = threading.Thread(
@@ -217,10 +215,10 @@ class Server:
         self._router.rcvtimeo = 50
         try:
             while not self._stop.is_set():
-                if self._pending or self._parked:
-                    events = dict(poller.poll(BACKLOG_RETRY_MS if self._parked else 50))
-                    if self._parked:
-                        self._flush_parked()
+                if self._pending or self._backlog.parked:
+                    events = dict(poller.poll(BACKLOG_RETRY_MS if self._backlog.parked else 50))
+                    if self._backlog.parked:
+                        self._backlog.flush(self._router)
                     if self._replies in events:
                         self._drain_replies()
                     if self._router in events:
@@ -292,7 +290,7 @@ class Server:
 
     def _send(self, frames: list[bytes]) -> None:
         ident = frames[0]
-        if ident not in self._parked:  # else behind its parked replies, in order
+        if ident not in self._backlog.parked:  # else behind its parked replies, in order
             try:
                 send_frames(self._router, frames)
                 return
@@ -301,42 +299,7 @@ class Server:
             except zmq.ZMQError as exc:  # peer gone: nobody to answer
                 log.debug("%s: reply dropped: %s", self.service, exc)
                 return
-        self._park(ident, frames)
-
-    def _park(self, ident: bytes, frames: list[bytes]) -> None:
-        """Hold a reply for a peer whose queue is full, within the byte budgets."""
-        size = sum(map(len, frames))
-        queue, used = self._parked.get(ident, (None, 0))
-        if used + size > PEER_BACKLOG_BYTES or self._parked_bytes + size > BACKLOG_BYTES:
-            self.replies_dropped += 1  # a peer that does not read loses its replies
-            log.debug("%s: reply dropped: the peer does not read", self.service)
-            return
-        if queue is None:
-            queue = collections.deque()
-        queue.append(frames)
-        self._parked[ident] = (queue, used + size)
-        self._parked_bytes += size
-
-    def _flush_parked(self) -> None:
-        for ident in list(self._parked):
-            queue, used = self._parked[ident]
-            while queue:
-                try:
-                    send_frames(self._router, queue[0])
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:  # gone
-                    self._parked_bytes -= used
-                    del self._parked[ident]
-                    break
-                size = sum(map(len, queue.popleft()))
-                used -= size
-                self._parked_bytes -= size
-            else:
-                del self._parked[ident]
-                continue
-            if ident in self._parked:
-                self._parked[ident] = (queue, used)
+        self._backlog.park(ident, frames)
 
     def _handle_frames(self, frames: list[bytes], role: str | None = None) -> None:
         # The envelope is everything up to the first empty delimiter frame:

@@ -109,8 +109,8 @@ def test_a_peer_that_never_reads_costs_a_bounded_backlog(guarded, make_socket):
     for _ in range(400):  # 20 MB of replies that nobody reads
         flood.send_multipart([b"", request])
     wait_until(lambda: srv.replies_dropped > 0, 20, msg="replies to the non-reader dropped")
-    assert srv._parked_bytes <= rpc.BACKLOG_BYTES
-    assert all(used <= rpc.PEER_BACKLOG_BYTES for _, used in srv._parked.values())
+    assert srv._backlog.bytes <= rpc.BACKLOG_BYTES
+    assert all(used <= rpc.PEER_BACKLOG_BYTES for _, used in srv._backlog.parked.values())
     with client(srv, "client") as c:  # everyone else is served meanwhile
         assert c.call("who") == "client"
 
