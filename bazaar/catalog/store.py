@@ -226,21 +226,12 @@ class Catalog:
         }
 
     # ---- changes -------------------------------------------------------
-    def trade(
-        self,
-        key: Any,
-        name: Any,
-        trade_type: Any,
-        quantity: Any,
-        epoch: Any,
-        leader: Any = None,
-    ) -> TradeOutcome:
+    def trade(self, *args: Any, **kwargs: Any) -> TradeOutcome:
         """Apply one trade at most once per key; durable before it returns.
 
-        `leader` (optional) is the replica trading for epoch `epoch`: another
-        leader of the same epoch is refused (ABORTED), as is a lower epoch.
+        The arguments are `trade_later`'s (one parameter list, kept there).
         """
-        return self.trade_later(key, name, trade_type, quantity, epoch, leader)()
+        return self.trade_later(*args, **kwargs)()
 
     def trade_later(
         self,
@@ -253,7 +244,11 @@ class Catalog:
     ) -> Callable[[], TradeOutcome]:
         """`trade` in two steps: decided now (a bad or refused trade raises here), and
         a function that returns its outcome once durable, committing the queue if
-        nobody has: a burst decided first then shares one commit."""
+        nobody has: a burst decided first then shares one commit.
+
+        `leader` (optional) is the replica trading for epoch `epoch`: another
+        leader of the same epoch is refused (ABORTED), as is a lower epoch.
+        """
         check_trade(key, name, trade_type, quantity, epoch, leader)
         with self._lock:
             self._check_open()
