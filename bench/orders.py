@@ -39,7 +39,7 @@ from bazaar.errors import BazaarError  # noqa: E402
 from bazaar.testing import STOCKS  # noqa: E402
 from bazaar.testing.fake_catalog import FakeCatalog  # noqa: E402
 from bazaar.testing.ports import free_port  # noqa: E402
-from bazaar.testing.procs import cpu_seconds  # noqa: E402
+from bazaar.testing.procs import cpu_seconds, stop_processes  # noqa: E402
 
 
 # ---- a catalog without disk, for --catalog fake -----------------------------------
@@ -96,14 +96,7 @@ class Deployment:
         self.procs[name].wait()
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(self.procs.values())
 
 
 def wait_ping(endpoint: str, keys, server_role: str, timeout: float = 20.0) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from bazaar.testing.http_client import http_json
 from bazaar.testing.keys import session_keys_dir
 from bazaar.testing.ports import free_port
+from bazaar.testing.procs import stop_processes
 from bazaar.testing.waiting import wait_until
 
 REPLICA_IDS = (1, 2, 3)
@@ -152,16 +153,7 @@ class Cluster:
         self.start(name)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_processes(self.procs.values())
 
     def running(self) -> dict[str, subprocess.Popen]:
         """The processes that should be running: all started, less those killed on purpose."""

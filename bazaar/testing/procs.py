@@ -1,13 +1,33 @@
 """What /proc says of a process: its memory (RSS, peak, PSS) and the CPU time it used.
 
-The benchmarks' one way of sampling a service they started (Linux only).
+The benchmarks' one way of sampling a service they started (Linux only), and
+the one way tests and benchmarks stop the services they started.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 5.0) -> None:
+    """SIGTERM every live one (SIGCONT first: a stopped one must be able to act on
+    it), then reap each, with SIGKILL for any still running after `grace` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace)
 
 
 def proc_kb(pid: int) -> dict[str, int]:
