@@ -53,6 +53,7 @@ class Deployment:
     def __init__(self, root: Path, replicas: int, catalog: str):
         self.root = root
         self.catalog_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.catalog_pub = f"tcp://127.0.0.1:{free_port()}"
         self.endpoints = {rid: f"tcp://127.0.0.1:{free_port()}" for rid in range(1, replicas + 1)}
         self.procs: dict[str, subprocess.Popen] = {}
         self.catalog_kind = catalog
@@ -63,7 +64,7 @@ class Deployment:
         env = dict(os.environ)
         env.update(
             BAZAAR_CATALOG=self.catalog_endpoint,
-            BAZAAR_CATALOG_PUB=f"tcp://127.0.0.1:{free_port()}",
+            BAZAAR_CATALOG_PUB=self.catalog_pub,
             BAZAAR_ORDER_REPLICAS=",".join(f"{r}={e}" for r, e in self.endpoints.items()),
             BAZAAR_DATA_DIR=str(self.root / name),
             BAZAAR_KEYS_DIR=str(self.keys_dir),
