@@ -3,8 +3,8 @@
 `/health` and the dashboard read `ClusterMonitor.snapshot()`, which does no
 RPC: two probe threads refresh what it is built from (the catalog's market
 via `list_stocks`, which also says the catalog is up and whether its latest
-write committed; every replica's
-`status` via the order router) every INTERVAL seconds. So a burst of polls
+write committed; every replica's `status` via the order router) every
+INTERVAL seconds. So a burst of polls
 costs nothing on the internal network and can never hold up order handling,
 and what they see is at most about a second old: a probe answer older than
 STALE_AFTER counts as no answer.
