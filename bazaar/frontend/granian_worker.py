@@ -17,9 +17,10 @@ the version pinned exactly in pyproject.toml (GRANIAN_VERSION):
 - `MTServer._spawn_wsgi_worker`, the WSGI worker's body (WSGI_WORKER_ARGS);
 - the returned worker's `inner` thread, `terminate()` and `join()`.
 
-`probe()` checks every one of them without binding or serving; the caller
-(`bazaar.frontend.server`) falls back to waitress, with a log line, when it
-names something that moved.
+`probe()` checks what can be checked without building a server (imports,
+methods, signatures); `serve()` checks the built server's attributes before
+it binds and raises `Moved`. Either way the caller (`bazaar.frontend.server`)
+falls back to waitress, with a log line naming what moved.
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ WSGI_WORKER_ARGS = (
 )
 
 
+class Moved(Exception):
+    """An internal `serve` relies on is not there: nothing was bound, use another server."""
+
+
 def _arg_names(func) -> tuple[str, ...]:
     return tuple(inspect.signature(inspect.unwrap(func)).parameters)
 
 
 def probe() -> str | None:
-    """None when the installed granian has every internal `serve` uses; else what moved."""
+    """None when the installed granian has the classes and methods `serve` uses; else what moved.
+
+    Nothing is built here (a server's constructor configures granian's
+    loggers): `serve` checks the server it builds, before binding.
+    """
     os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)  # read when the library loads
     try:
         import granian
@@ -99,9 +108,6 @@ def probe() -> str | None:
             )
             if not ok
         ]
-        if not missing:
-            server = _server("127.0.0.1", 0)
-            missing = [a for a in ("backlog", "_shd") if not hasattr(server, a)]
     except Exception as exc:  # whatever a moved internal raises: reported, not fatal
         return f"granian {getattr(granian, '__version__', '?')}: {type(exc).__name__}: {exc}"
     if missing:
@@ -143,13 +149,24 @@ def serve(
 ) -> None:
     """Run the WSGI `app` on one granian worker thread of this process until `stop` is set.
 
-    Call `probe()` first: this assumes its internals are there.
+    Call `probe()` first. Raises `Moved`, having bound nothing, when the
+    server it builds is not what this module was written for.
     """
     os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)  # read when the library loads
+    import granian
     from granian.net import SocketSpec
     from granian.server.mt import MTServer
 
-    server = _server(host, port, threads)
+    try:
+        server = _server(host, port, threads)
+    except Exception as exc:  # a constructor whose arguments changed
+        raise Moved(f"granian {granian.__version__}: {type(exc).__name__}: {exc}") from None
+    missing = [a for a in ("backlog", "_shd") if not hasattr(server, a)]
+    if missing:
+        raise Moved(
+            f"granian {granian.__version__} lacks MTServer.{', MTServer.'.join(missing)}"
+            f" (written for {GRANIAN_VERSION})"
+        )
     try:
         server._shd = SocketSpec(host, port, server.backlog).build()
     except RuntimeError as exc:  # the bind error, with a Rust backtrace appended

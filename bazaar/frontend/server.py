@@ -44,11 +44,14 @@ def serve(
 ) -> None:
     """Run `app` under the production server until `stop` is set."""
     moved = granian_worker.probe()
-    if moved is not None:
-        log.warning("granian cannot be embedded (%s): serving with waitress instead", moved)
-        serve_waitress(app, host, port, stop, ready)
-        return
-    serve_granian(app, host, port, stop, ready)
+    if moved is None:
+        try:
+            serve_granian(app, host, port, stop, ready)
+            return
+        except granian_worker.Moved as exc:  # raised before anything was bound
+            moved = str(exc)
+    log.warning("granian cannot be embedded (%s): serving with waitress instead", moved)
+    serve_waitress(app, host, port, stop, ready)
 
 
 def serve_granian(

@@ -83,13 +83,12 @@ def test_the_probe_names_an_internal_that_moved(monkeypatch):
     assert moved is not None and "_spawn_worker" in moved and granian.__version__ in moved
 
 
-def test_the_probe_reports_a_constructor_that_fails(monkeypatch):
-    def broken(*_args, **_kwargs):
-        raise TypeError("unexpected keyword argument 'blocking_threads'")
+def test_the_probe_builds_no_server(monkeypatch):
+    def build(*_args, **_kwargs):
+        raise AssertionError("the probe built a server")
 
-    monkeypatch.setattr(granian_worker, "_server", broken)
-    moved = granian_worker.probe()
-    assert moved is not None and "TypeError" in moved and "blocking_threads" in moved
+    monkeypatch.setattr(granian_worker, "_server", build)
+    assert granian_worker.probe() is None
 
 
 def test_granian_serves_when_the_probe_passes(caplog):
@@ -102,17 +101,40 @@ def test_granian_serves_when_the_probe_passes(caplog):
     assert "waitress" not in caplog.text
 
 
-@pytest.mark.parametrize("how", ["probe stubbed", "internal changed"])
-def test_waitress_serves_when_granian_moved(monkeypatch, caplog, how):
+class Shapeless:
+    """An MTServer from a granian whose server object lost the attributes `serve` uses."""
+
+    def __init__(self, *_args, **_kwargs):
+        pass
+
+
+def broken_constructor(*_args, **_kwargs):
+    raise TypeError("unexpected keyword argument 'blocking_threads'")
+
+
+@pytest.mark.parametrize(
+    ("how", "named"),
+    [
+        ("probe stubbed", "granian 9.9 lacks everything"),
+        ("method moved", "_spawn_wsgi_worker"),
+        ("constructor changed", "TypeError: unexpected keyword argument 'blocking_threads'"),
+        ("attributes moved", "lacks MTServer.backlog, MTServer._shd"),
+    ],
+)
+def test_waitress_serves_when_granian_moved(monkeypatch, caplog, how, named):
     caplog.set_level(logging.INFO, logger="bazaar")
     if how == "probe stubbed":
         monkeypatch.setattr(granian_worker, "probe", lambda: "granian 9.9 lacks everything")
-    else:
+    elif how == "method moved":
         monkeypatch.delattr(MTServer, "_spawn_wsgi_worker")
+    elif how == "constructor changed":
+        monkeypatch.setattr(granian_worker, "_server", broken_constructor)
+    else:
+        monkeypatch.setattr(granian_worker, "_server", Shapeless)
     with Running() as running:
         status, headers, body = running.get("/fallback")
         assert (status, body) == (200, b"hello /fallback")
         assert headers.get("server") == "bazaar"  # waitress's ident; granian says "granian"
-    assert "granian cannot be embedded" in caplog.text
+    assert "granian cannot be embedded" in caplog.text and named in caplog.text
     assert "serving with waitress instead" in caplog.text
     assert re.search(r"listening on http://127\.0\.0\.1:\d+ \(waitress", caplog.text)
