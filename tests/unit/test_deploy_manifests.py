@@ -149,7 +149,14 @@ def test_pods_are_non_root_bounded_probed_and_stop_in_time(name):
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind])
     container = main_container(name)
-    assert "readinessProbe" in container and "livenessProbe" in container
+    assert "readinessProbe" in container
+    # Liveness must reach the interpreter (an HTTP answer from the process),
+    # not only libzmq's I/O thread, which accepts TCP even when Python is wedged.
+    live = container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert live["path"] == "/metrics" and live["port"] in ports
+    if name != "frontend":
+        assert ports[live["port"]] == int(config()["BAZAAR_METRICS_PORT"])
 
 
 def mebibytes(quantity: str) -> int:
