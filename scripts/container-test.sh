@@ -17,7 +17,13 @@
 #   6. a crashed service (SIGKILL from the host) is restarted by its policy;
 #   7. the old leader comes back and catches up: the three order logs in
 #      the three replicas (bazaar export orders) are identical;
-#   8. every container stops on SIGTERM quickly.
+#   8. every container stops on SIGTERM quickly;
+#   9. the `monitoring` profile's Prometheus (prom/prometheus where Docker Hub
+#      answers, else deploy/prometheus-image: Debian's package on the same
+#      base) scrapes the five through deploy/prometheus/prometheus.yml: its
+#      HTTP API (published on loopback) shows every target up, one order
+#      leader, orders counted and every alert rule loaded; after the leader
+#      kill, the front end's election counter has risen.
 #
 # Everything (containers, images, volumes, networks, netns, firewall chains,
 # temp storage) is removed on exit, failed or not. Where podman cannot run
@@ -25,6 +31,7 @@
 # prints SKIP with the reason and exits 0. BAZAAR_CONTAINER_TEST=skip skips.
 #
 # Knobs: BASE_IMAGE (use this base, no pull/debootstrap), BAZAAR_BASE_CACHE,
+# BAZAAR_PROMETHEUS_IMAGE (use this Prometheus image, no pull/build),
 # BAZAAR_CONTAINER_INSTALL=0 (never apt-get install), BAZAAR_KEEP=1 (keep the
 # stack running on failure for a look; prints how to clean up).
 set -euo pipefail
@@ -76,12 +83,14 @@ WORK="$(mktemp -d /tmp/bazaar-ct.XXXXXX)"
 source "$ROOT/scripts/podman-env.sh" "$WORK/podman"
 PROJECT="bazaarct$$"
 IMAGE="localhost/stock-bazaar:ct$$"
-PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+read -r PORT PROM_PORT < <("$VENV/bin/python" -c 'from bazaar.testing.ports import free_port; print(free_port(), free_port())')
 URL="http://127.0.0.1:$PORT"
+PROM_URL="http://127.0.0.1:$PROM_PORT"
 CHECK=("$VENV/bin/python" "$ROOT/scripts/container_check.py")
-COMPOSE=("$PODMAN_COMPOSE" --project-name "$PROJECT" --file "$ROOT/docker-compose.yml")
-export BAZAAR_IMAGE="$IMAGE" BAZAAR_HTTP_PUBLISH="127.0.0.1:$PORT"
+COMPOSE=("$PODMAN_COMPOSE" --project-name "$PROJECT" --profile monitoring --file "$ROOT/docker-compose.yml")
+export BAZAAR_IMAGE="$IMAGE" BAZAAR_HTTP_PUBLISH="127.0.0.1:$PORT" BAZAAR_PROMETHEUS_PUBLISH="127.0.0.1:$PROM_PORT"
 compose_up=
+prom_pid=
 
 cleanup() {
     local rc=$?
@@ -97,6 +106,11 @@ cleanup() {
             say "BAZAAR_KEEP=1: stack left running; clean up with: source scripts/podman-env.sh $PODMAN_ENV_DIR && podman_env_teardown; rm -rf $WORK"
             exit "$rc"
         fi
+    fi
+    if [[ -n "$prom_pid" ]] && kill -0 "$prom_pid" 2>/dev/null; then  # the image job, still going
+        pkill -TERM -P "$prom_pid" 2>/dev/null
+        kill -TERM "$prom_pid" 2>/dev/null
+        wait "$prom_pid" 2>/dev/null
     fi
     say "teardown: containers, volumes, networks, images, storage, host leftovers"
     [[ -n "$compose_up" ]] && timeout 60 "${COMPOSE[@]}" down --volumes --timeout 2 >/dev/null 2>&1
@@ -131,6 +145,27 @@ if ! timeout 60 podman run --rm "$BASE" python3 -c 'pass' 2>"$WORK/probe.err"; t
     skip "podman cannot run a container here (see the error above)"
 fi
 say "base image: $BASE"
+
+# ---------------------------------------------------------------- Prometheus
+# The image of the compose file's `prometheus` service: the official one where
+# Docker Hub answers, else deploy/prometheus-image (Debian's prometheus on the
+# same base, laid out like the official image), built in the background while
+# the bazaar image builds.
+PROM_OFFICIAL="$(grep -o 'BAZAAR_PROMETHEUS_IMAGE:-[^}]*' docker-compose.yml | cut -d- -f2-)"
+PROM_IMAGE="${BAZAAR_PROMETHEUS_IMAGE:-}"
+prometheus_image() {
+    if [[ -n "$PROM_IMAGE" ]]; then
+        podman image exists "$PROM_IMAGE" || timeout 300 podman pull --quiet "$PROM_IMAGE" >/dev/null
+    elif [[ "$BASE" == docker.io/* ]] && timeout 120 podman pull --quiet "docker.io/$PROM_OFFICIAL" >/dev/null; then
+        echo "docker.io/$PROM_OFFICIAL" >"$WORK/prom.image"
+    else
+        timeout 600 podman build --quiet --build-arg "BASE_IMAGE=$BASE" --tag "localhost/bazaar-prometheus:ct$$" \
+            deploy/prometheus-image >/dev/null && echo "localhost/bazaar-prometheus:ct$$" >"$WORK/prom.image"
+    fi
+}
+[[ -n "$PROM_IMAGE" ]] && echo "$PROM_IMAGE" >"$WORK/prom.image"
+prometheus_image >"$WORK/prom.log" 2>&1 &
+prom_pid=$!
 
 # ---------------------------------------------------------------- the image
 build_args=(--build-arg "BASE_IMAGE=$BASE" --tag "$IMAGE" --file Dockerfile)
@@ -217,9 +252,13 @@ for _ in $(seq 60); do
     [[ "$(podman inspect -f '{{.State.Status}}' "$(ctr keys)" 2>/dev/null)" == exited ]] && break
     sleep 1
 done
-timeout 300 "${COMPOSE[@]}" up -d --no-build --no-deps catalog order1 order2 order3 frontend >>"$WORK/up.log" 2>&1 \
+wait "$prom_pid" || { tail -30 "$WORK/prom.log" >&2; die "no Prometheus image (pull or build of deploy/prometheus-image failed)"; }
+prom_pid=
+export BAZAAR_PROMETHEUS_IMAGE="$(cat "$WORK/prom.image")"
+say "  Prometheus image: $BAZAAR_PROMETHEUS_IMAGE ($PROM_URL)"
+timeout 300 "${COMPOSE[@]}" up -d --no-build --no-deps catalog order1 order2 order3 frontend prometheus >>"$WORK/up.log" 2>&1 \
     || { tail -30 "$WORK/up.log" >&2; die "podman-compose up failed"; }
-for s in catalog order1 order2 order3 frontend; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
+for s in catalog order1 order2 order3 frontend prometheus; do [[ -n "$(ctr "$s")" ]] || die "no container for $s"; done
 
 keys_ctr="$(ctr keys)"
 [[ -n "$keys_ctr" ]] || die "no container for the keys service"
@@ -262,6 +301,12 @@ say "bazaar load (verified)"
 "$VENV/bin/bazaar" load --url "$URL" --sessions 8 --requests 100 -p 0.5 --seed 1 >"$WORK/load1.log" 2>&1 \
     || { cat "$WORK/load1.log" >&2; die "load run failed verification"; }
 grep -E '^(lookup|order|get_order)|verif' "$WORK/load1.log" | sed 's/^/    /' >&2 || true
+
+say "Prometheus (monitoring profile): five targets up, one leader, orders counted, alert rules loaded"
+"${CHECK[@]}" prometheus "$PROM_URL" --alerts deploy/prometheus/alerts.yml --timeout 90 >"$WORK/prom1.json" \
+    || { podman logs --tail 20 "$(ctr prometheus)" >&2; die "Prometheus does not see the stack as deploy/prometheus/prometheus.yml says"; }
+elections0="$("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["elections"])' "$WORK/prom1.json")"
+say "  $(cut -c1-300 "$WORK/prom1.json")"
 
 say "an intruder on the compose network without the keys: no answer, nothing changed"
 net="$(podman inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(ctr catalog)" | awk '{print $1}')"
@@ -340,6 +385,11 @@ say "bring order$leader back; wait until the three replicas agree"
 for f in before after after-catalog; do
     "${CHECK[@]}" verify "$URL" "$WORK/$f.json" >/dev/null || die "acknowledged orders ($f) lost after recovery"
 done
+
+say "Prometheus after the failover: five targets up again, one leader, more elections than $elections0"
+"${CHECK[@]}" prometheus "$PROM_URL" --alerts deploy/prometheus/alerts.yml --elections-above "$elections0" \
+    --timeout 90 >"$WORK/prom2.json" || die "Prometheus does not see the stack recovered"
+say "  leaders $("$VENV/bin/python" -c 'import json,sys; v=json.load(open(sys.argv[1])); print(v["leaders"], "elections", v["elections"], "orders", v["orders"])' "$WORK/prom2.json")"
 
 say "order logs identical across the three replicas (bazaar export orders in each container)"
 logs=()

@@ -11,6 +11,8 @@ fails, so the shell script can stay a plain sequence of steps.
     wait-synced URL [--timeout S]                      all replicas up, same last_number
     same-files F1 F2 ...                               byte-identical files
     snapshot URL                                       the market and the leader, as JSON
+    prometheus PROM_URL --alerts FILE [--targets N]    Prometheus (its HTTP API) sees the stack
+        [--elections-above N] [--timeout S]            (below)
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -189,6 +193,77 @@ def cmd_same_files(args) -> int:
     return 0 if len({d for d, _ in digests.values()}) == 1 else 1
 
 
+def promql(prom: str, query: str) -> list | None:
+    """An instant query's result vector, or None when Prometheus does not answer."""
+    status, body = http("GET", f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+    if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
+        return None
+    return body["data"]["result"]
+
+
+def scalar(prom: str, query: str) -> float | None:
+    result = promql(prom, query)
+    return float(result[0]["value"][1]) if result else None
+
+
+def prometheus_view(prom: str, alert_names: set[str]) -> dict:
+    """What the compose Prometheus sees: its targets, the leader count, counters, rules."""
+    status, body = http("GET", f"{prom}/api/v1/targets")
+    targets = {}
+    if status == 200 and isinstance(body, dict):
+        for t in body["data"]["activeTargets"]:
+            name = f"{t['labels'].get('job')}/{t['labels'].get('instance')}"
+            targets[name] = (
+                t["health"] if t["health"] == "up" else f"{t['health']}: {t['lastError']}"
+            )
+    up = {
+        f"{r['metric'].get('job')}/{r['metric'].get('instance')}": r["value"][1]
+        for r in promql(prom, "up") or []
+    }
+    status, body = http("GET", f"{prom}/api/v1/rules")
+    loaded = set()
+    if status == 200 and isinstance(body, dict):
+        loaded = {r["name"] for g in body["data"]["groups"] for r in g["rules"]}
+    return {
+        "targets": targets,
+        "up": up,
+        "leaders": scalar(prom, "sum(bazaar_order_is_leader)"),
+        "orders": scalar(prom, "sum(bazaar_orders_total)"),
+        "elections": scalar(prom, "sum(bazaar_leader_elections_total)"),
+        "rules_missing": sorted(alert_names - loaded),
+    }
+
+
+def cmd_prometheus(args) -> int:
+    """Until Prometheus's HTTP API shows every target up (`up == 1`), exactly one
+    order leader, orders counted, every alert of FILE loaded, and (optionally)
+    more leader elections than before."""
+    with open(args.alerts) as f:
+        alert_names = set(re.findall(r"^\s*- alert:\s*(\w+)", f.read(), re.M))
+    if not alert_names:
+        print(f"no alerts found in {args.alerts}", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = prometheus_view(args.prom, alert_names)
+        if (
+            len(view["targets"]) == args.targets
+            and set(view["targets"].values()) == {"up"}
+            and len(view["up"]) == args.targets
+            and set(view["up"].values()) == {"1"}
+            and view["leaders"] == 1
+            and (view["orders"] or 0) > 0
+            and (view["elections"] or 0) > args.elections_above
+            and not view["rules_missing"]
+        ):
+            print(json.dumps(view, sort_keys=True))
+            return 0
+        time.sleep(1)
+    print(f"Prometheus did not see the stack after {args.timeout}s: {view}", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -220,6 +295,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("same-files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_same_files)
+    p = sub.add_parser("prometheus")
+    p.add_argument("prom")
+    p.add_argument("--alerts", required=True)
+    p.add_argument("--targets", type=int, default=5)
+    p.add_argument("--elections-above", type=float, default=-1)
+    p.add_argument("--timeout", type=float, default=90)
+    p.set_defaults(func=cmd_prometheus)
     args = parser.parse_args(argv)
     return args.func(args)
 
