@@ -1,4 +1,4 @@
-"""The catalog against the length of its history (issue 9: memory must not grow with it).
+"""The catalog against the length of its history (memory must not grow with it).
 
 One catalog process (`python -m bazaar.cli catalog`, as in production). Its
 history is grown between runs, with the catalog stopped, through the store's

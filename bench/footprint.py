@@ -1,4 +1,4 @@
-"""Memory footprint of the five services (issue 6: goal <= 150 MB in total).
+"""Memory footprint of the five services (goal: <= 150 MB in total).
 
 Starts catalog, order 1-3 and the front end as native processes (the same
 `python -m bazaar.cli <role>` the system tests run), measures each one's
@@ -21,7 +21,7 @@ client's memory is not counted), and measures again:
     .venv/bin/python bench/footprint.py --history [--sizes 10000,100000,1000000]
     .venv/bin/python bench/footprint.py --http-history 10000,100000
 
-History mode (issue 9: memory must not grow with the history): one order
+History mode (memory must not grow with the history): one order
 replica process, fed as a follower through its own `replicate` method
 (batches of 4,000 records: the service's machine, group commit and SQLite
 transaction, as in production) up to each size; after each size it answers

@@ -20,7 +20,7 @@ Rows:
     .venv/bin/python bench/http.py sweep docs/img           # only the sweep PNGs
     .venv/bin/python bench/http.py --rounds 6 metrics       # HTTP metrics on vs off
 
-Goals (issue 4): cached lookups >= 1.5x the Flask+waitress floor's throughput
+Goals: cached lookups >= 1.5x the Flask+waitress floor's throughput
 and >= 3x the development server's.
 """
 
@@ -537,7 +537,7 @@ def run_main(args) -> None:
 def metrics_main(args) -> None:
     """Cached lookups with the HTTP metrics on vs off, interleaved rounds in one run.
 
-    Goal (issue 12): the instrumentation costs at most 5 % of throughput.
+    Goal: the instrumentation costs at most 5 % of throughput.
     """
     import numpy as np
 
@@ -591,7 +591,7 @@ def metrics_main(args) -> None:
 
 
 def orders_main(args) -> None:
-    """Orders over HTTP against the five services as shipped (issue 13).
+    """Orders over HTTP against the five services as shipped.
 
     Per round, interleaved: the baseline (Flask+waitress constant JSON, its
     CPU per request), orders with `--sessions` sessions (orders/s, p50/p99,
@@ -760,7 +760,7 @@ def parse_args(argv=None):
     serve.add_argument("--port", type=int, required=True)
     sweep = sub.add_parser("sweep", help="only the cache on/off `bazaar load --sweep` plots")
     sweep.add_argument("dir", help="where sweep-cache-on.png and sweep-cache-off.png go")
-    sub.add_parser("metrics", help="cached lookups with metrics on vs off (issue 12)")
+    sub.add_parser("metrics", help="cached lookups with metrics on vs off")
     client = sub.add_parser("client", help="(internal) one load-generator process")
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--kind", choices=("lookup", "order"), required=True)

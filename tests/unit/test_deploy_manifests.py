@@ -1,4 +1,4 @@
-"""What the deployment files promise beyond their schemas (issue 14).
+"""What the deployment files promise beyond their schemas.
 
 scripts/check-deploy.sh checks that deploy/kubernetes and deploy/swarm are
 valid for their engines; these tests read the same files and check what a

@@ -7,6 +7,7 @@
 - The version is one: pyproject.toml, `bazaar --version`, compose's default
   image tag and the newest release in CHANGELOG.md agree.
 - Every relative link in README.md and docs/ points at a file that exists.
+- No text points at an issue tracker that is not in the repo ("issue 13").
 """
 
 from __future__ import annotations
@@ -207,3 +208,10 @@ def test_every_make_target_in_the_docs_exists():
     for doc in markdown_files():
         for target in re.findall(r"`make(?: PYTHON=\S+)? ([a-z][a-z-]*)", doc.read_text()):
             assert target in targets, f"{doc.name}: `make {target}` is not a Makefile target"
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: p.name)
+def test_no_references_to_an_issue_tracker_outside_the_repo(doc):
+    """"(issue 13)" means nothing to a reader of the repo: the tracker is not in it."""
+    found = re.findall(r"\b(?:issue|task)s? #?\d+", doc.read_text(), re.I)
+    assert not found, f"{doc.name}: {found}; say what the change was instead"
