@@ -212,6 +212,6 @@ def test_every_make_target_in_the_docs_exists():
 
 @pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: p.name)
 def test_no_references_to_an_issue_tracker_outside_the_repo(doc):
-    """"(issue 13)" means nothing to a reader of the repo: the tracker is not in it."""
+    """A reference such as "(issue 13)" means nothing here: the tracker is not in the repo."""
     found = re.findall(r"\b(?:issue|task)s? #?\d+", doc.read_text(), re.I)
     assert not found, f"{doc.name}: {found}; say what the change was instead"
