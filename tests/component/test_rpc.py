@@ -7,7 +7,7 @@ import msgpack
 import pytest
 import zmq
 
-from bazaar import wire
+from bazaar import __version__, wire
 from bazaar.errors import BazaarError
 from bazaar.rpc import Client, Server
 from tests.conftest import keys_for, recv_with_timeout, wait_until, wall_budget
@@ -18,7 +18,7 @@ def request(method, args=None, req_id=1, **extra):
 
 
 def test_ping_and_methods(client):
-    assert client.call("ping") == {"service": "demo", "id": 7, "version": "0.1.0"}
+    assert client.call("ping") == {"service": "demo", "id": 7, "version": __version__}
     methods = {m["name"]: m["args"] for m in client.call("methods")}
     assert methods["echo"] == ["value"]
     assert methods["slow"] == ["seconds", "key"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import bazaar
 from bazaar.cli import main
 from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
@@ -122,11 +123,17 @@ def test_documented_defaults_are_the_real_ones():
 
 
 def version() -> str:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    """The version as written in bazaar/__init__.py (pyproject.toml reads it from there)."""
+    text = (ROOT / "bazaar" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "(\d+\.\d+\.\d+)"$', text, re.M).group(1)
 
 
 def test_one_version_everywhere():
     v = version()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bazaar.__version__"}
+    assert bazaar.__version__ == v  # what every service's `ping` answers
     result = CliRunner().invoke(main, ["--version"], prog_name="bazaar")
     assert result.exit_code == 0 and result.output.strip() == f"bazaar, version {v}", (
         f"{result.output!r}: reinstall (pip install -e .) after changing the version"
