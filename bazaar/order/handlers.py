@@ -17,6 +17,7 @@ from bazaar import rpc, rules, security, wire
 from bazaar.errors import BazaarError, invalid, not_found, unavailable
 from bazaar.order import replication as rep
 from bazaar.order.commit import Waiter, budget
+from bazaar.order.recovering import LEAD
 from bazaar.order.recovery import parse_records
 
 log = logging.getLogger("bazaar.order.service")
@@ -71,8 +72,9 @@ class Handlers:
                     raise rep.not_leader(self._known_leader(), m.epoch)
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    note = self._recovery.note if self._recovery else "recovering"
                     raise unavailable(
-                        f"order leader {self.id} is recovering ({self._recovery_note})",
+                        f"order leader {self.id} is recovering ({note})",
                         leader=self.id,
                         epoch=m.epoch,
                     )
@@ -178,9 +180,9 @@ class Handlers:
             was = (self.machine.role, self.machine.epoch)
             self._perform(self.machine.on_set_leader(leader, epoch))
             if self.machine.role == rep.RECOVERING and was != (rep.RECOVERING, epoch):
-                self._serving = self._promised = False
-                self._recovery_note = "starting recovery"
-                self._spawn(lambda: self._recover_as_leader(epoch), f"recover{epoch}")
+                self._serving = False
+                run = self._recovery = self._recovering(LEAD, epoch)
+                self._spawn(lambda: self._recover_as_leader(run), f"recover{epoch}")
             last = self.machine.durable
         return {"leader": leader, "epoch": epoch, "last_number": last if last >= 0 else None}
 
@@ -278,8 +280,8 @@ class Handlers:
             "majority": (
                 m.has_majority()
                 if m.role == rep.LEADER
-                else self._promised
-                if m.role == rep.RECOVERING
+                else self._recovery.promised
+                if m.role == rep.RECOVERING and self._recovery is not None
                 else None
             ),
             "followers": followers,

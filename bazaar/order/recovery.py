@@ -1,13 +1,14 @@
-"""Catch-up and leader recovery of an order replica (a part of `OrderReplica`).
+"""Recovery of an order replica, the I/O side (a part of `OrderReplica`).
 
-Owns what a replica does before it serves: a (re)started replica adopts the
-most up-to-date log among its peers'; an elected one asks every peer for a
-promise of its epoch, needs a majority of them (itself counted), adopts the
-best log among them, leads (the machine re-stamps its last record), fences
-the catalog with (epoch, leader) and reconciles orphaned catalog trades
-(traded, never recorded) under new numbers; while leading it reconciles
-every RECONCILE_EVERY seconds. The choices (which log, from where) are the
-machine's (`replication.plan_catch_up`); this module moves the records.
+Drives `bazaar.order.recovering.Recovering`, the pure machine that owns the
+sequencing (catch-up from peers, promises of an epoch, adopting the best
+log, leading, fencing the catalog, reconciling orphaned trades): this module
+sends the RPCs its actions ask for (`catch_up` to peers, the catalog's
+`fence` and `trades_since`), feeds the answers back under the replica's
+lock, performs the replica's own actions and ticks the machine's clock. A
+(re)started replica runs it in `catch_up` mode before it serves, an elected
+one in `lead` mode (on a thread of its own), a serving leader in
+`reconcile` mode every RECONCILE_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bazaar.errors import BazaarError, invalid, unavailable
+from bazaar.errors import BazaarError, invalid
+from bazaar.order import recovering as rec
 from bazaar.order import replication as rep
 from bazaar.order.record import Record
 
@@ -25,6 +27,7 @@ log = logging.getLogger("bazaar.order.service")
 
 RECONCILE_EVERY = 1.0
 PEER_TIMEOUT = 1.5  # a live peer answers in ms; an unreachable one fails in CONNECT_TIMEOUT
+IDLE_WAIT = 0.25  # the driver re-checks this often even when nothing woke it
 
 
 def parse_records(raw) -> list[Record]:
@@ -40,192 +43,161 @@ def parse_records(raw) -> list[Record]:
     return records
 
 
+def peer_log(peer: int, res) -> rep.PeerLog:
+    """A `catch_up` answer as the machine reads it."""
+    if not isinstance(res, dict):
+        raise invalid("catch_up answer must be a map")
+    try:
+        last = res["last_number"]
+        return rep.PeerLog(
+            peer,
+            -1 if last is None else last,
+            res["runs"],
+            parse_records(res["records"]),
+            bool(res.get("more")),
+            res.get("promised") is True,
+        )
+    except (KeyError, TypeError) as exc:
+        raise invalid(f"bad catch_up answer: {exc}") from None
+
+
 class Recovery:
-    """Mixin of `OrderReplica`: catch-up, promises, fencing and reconciliation."""
+    """Mixin of `OrderReplica`: runs `Recovering` machines and carries out their actions."""
 
-    def _ask_peers(self, after: int, epoch: int | None) -> list[rep.PeerLog]:
-        args = {"after": after}
-        if epoch is not None:
-            args.update(epoch=epoch, leader=self.id)
+    def _recovering(self, mode: str, epoch: int | None = None) -> rec.Recovering:
+        return rec.Recovering(
+            self.machine, mode, epoch, ask_timeout=PEER_TIMEOUT + 0.5, wait_timeout=10.0
+        )
 
-        def ask(peer):
+    def catch_up_from_peers(self) -> None:
+        """Start-up: adopt the most up-to-date log among ours and our peers' (pages).
+
+        A peer that dies in the middle of it (or our disk failing) ends it:
+        we then serve with what we have, like any lagging follower; the
+        leader's stream, or our own recovery if we are elected, brings the rest.
+        """
+        run = self._run_recovery(self._recovering(rec.CATCH_UP))
+        if run.error is not None:
+            log.warning("order %s: start-up catch-up incomplete: %s", self.id, run.error.message)
+        elif run.adopted:
+            durable, pages = self.machine.durable, run.adopted
+            log.info("order %s: caught up to %s (%d pages)", self.id, durable, pages)
+
+    def _recover_as_leader(self, run: rec.Recovering) -> None:
+        """Promises, best log, lead, fence, reconcile, serve (see `recovering`)."""
+        started, epoch = time.monotonic(), run.epoch
+        try:
+            self._run_recovery(run)
+        except Exception:
+            log.exception("order %s: recovery for epoch %s crashed", self.id, epoch)
+        if run.error is not None or not run.finished:
+            why = run.error.message if run.error is not None else "stopped"
+            log.warning("order %s: recovery for epoch %s ended: %s", self.id, epoch, why)
+            with self._lock:  # never left recovering for good: the front end elects anew
+                self._perform(self.machine.fenced(epoch))
+            return
+        if run.reconciled:
+            log.warning("order %s: reconciled %d orphaned catalog trades", self.id, run.reconciled)
+        took = (time.monotonic() - started) * 1000
+        log.info("order %s leads epoch %s (recovered in %.0f ms)", self.id, epoch, took)
+
+    def _run_recovery(self, run: rec.Recovering) -> rec.Recovering:
+        """Drive `run` until it finishes (or the replica stops); blocking, on this thread."""
+        pool = ThreadPoolExecutor(len(self.peers) + 1, thread_name_prefix=f"order{self.id}-rec")
+        try:
+            with self._lock:
+                self._carry_out(run, run.start(time.monotonic()), pool)
+            while True:
+                self._flush()
+                with self._lock:
+                    if run.finished or self._stop.is_set():
+                        return run
+                    self._carry_out(run, run.tick(time.monotonic()), pool)
+                    if not run.finished and not (self._writes and not self._flushing):
+                        # Woken by any change (durable, committed, an answer fed).
+                        wake = min(run.wake_at(), time.monotonic() + IDLE_WAIT)
+                        self._changed.wait(max(0.0, wake - time.monotonic()))
+        finally:
+            pool.shutdown(wait=False)
+
+    def _carry_out(self, run: rec.Recovering, actions: list, pool) -> None:
+        """Under the lock: the machine's requests go to the pool, the replica's are performed."""
+        for action in actions:
+            if isinstance(action, rec.AskPeer | rec.FetchPage | rec.Fence | rec.FetchTrades):
+                pool.submit(self._request, run, action, pool)
+            elif isinstance(action, rec.Serve):
+                if self.machine.role == rep.LEADER and self.machine.epoch == action.epoch:
+                    self._serving = True  # orders waiting in _wait_serving go ahead
+            else:
+                self._perform([action])
+        self._changed.notify_all()
+
+    def _request(self, run: rec.Recovering, action, pool) -> None:
+        """On a pool thread: one RPC of the machine's, its answer fed back."""
+        try:
+            feed = self._call_for(run, action)
+        except Exception:  # a bug here must not leave the run waiting for its timeout
+            log.exception("order %s: recovery request %s crashed", self.id, action)
+            return
+        with self._lock:
+            if not run.finished:
+                self._carry_out(run, feed(time.monotonic()), pool)
+        self._flush()
+
+    def _call_for(self, run: rec.Recovering, action):
+        """Make the call `action` asks for; returns `feed(now)`, the answer as a machine event."""
+        if isinstance(action, rec.AskPeer):
+            args = {"after": action.after}
+            if action.epoch is not None:
+                args.update(epoch=action.epoch, leader=self.id)
             try:
                 # One attempt: a peer that is not connected fails within the
                 # client's connect timeout (0.3 s), so a dead peer costs the
-                # failover no more; the recovery loop asks again if it must.
-                res = self.peer_clients[peer].call_args(
+                # failover no more; the machine asks again if it must.
+                res = self.peer_clients[action.peer].call_args(
                     "catch_up", args, timeout=PEER_TIMEOUT, retry=False
                 )
-                last = res["last_number"]
-                return rep.PeerLog(
-                    peer,
-                    -1 if last is None else last,
-                    res["runs"],
-                    parse_records(res["records"]),
-                    bool(res.get("more")),
-                    res.get("promised") is True,
+                answer = peer_log(action.peer, res)
+            except BazaarError as err:
+                log.info("order %s: catch_up from %s failed: %s", self.id, action.peer, err.message)
+                answer = err
+            return lambda now: run.on_answer(action.round, action.peer, answer, now)
+        if isinstance(action, rec.FetchPage):
+            try:
+                res = self.peer_clients[action.peer].call(
+                    "catch_up", after=action.after, timeout=PEER_TIMEOUT * 3, idempotent=True
+                )
+                page = peer_log(action.peer, res)
+                records, more = page.records, page.more
+            except BazaarError as err:
+                records, more = err, False
+            return lambda now: run.on_page(action.round, records, more, now)
+        if isinstance(action, rec.Fence):
+            try:
+                answer = self.catalog.call(
+                    "fence", epoch=action.epoch, leader=action.leader, idempotent=True
                 )
             except BazaarError as err:
-                if err.code == "ABORTED" and isinstance(err.details.get("epoch"), int):
-                    with self._lock:
-                        self._perform(self.machine.fenced(err.details["epoch"]))
-                log.info("order %s: catch_up from %s failed: %s", self.id, peer, err.message)
-                return None
-
-        if not self.peers:
-            return []
-        with ThreadPoolExecutor(len(self.peers)) as pool:
-            return [a for a in pool.map(ask, self.peers) if a is not None]
-
-    def catch_up_from_peers(self, epoch: int | None) -> None:
-        """Adopt the most up-to-date log among ours and our peers' (one call per peer).
-
-        With an `epoch` (we were elected) the peers' answers are promises,
-        and a majority of them (ourselves counted) must have promised: only
-        then do we hold every record such a majority holds, hence every
-        acknowledged one; else UNAVAILABLE, and recovery tries again.
-
-        The records come in pages (`catch_up` answers about 1 MiB at most);
-        each page is made durable before the next is asked for, so a replica
-        that missed a million orders never holds them all in memory.
-        """
-        answers = self._ask_peers(self.machine.durable, epoch)
-        plan = rep.plan_catch_up if epoch is None else rep.plan_recovery
-        with self._lock:
-            truncate, best = plan(self.machine, answers)
-        if best is None:
-            return
-        if truncate is None:
-            page, more = list(best.records), best.more
-        else:  # we diverged below what we asked for: fetch from the fork
-            page, more = [], True
-        pages, target = 0, None
-        while True:
-            before = target
-            with self._lock:
-                self._perform(self.machine.adopt(truncate, page))
-                target, generation = self.machine.last_number, self._disk_errors
-            self._flush()
-            self._wait_durable(target, 10.0, generation)
-            truncate, pages = None, pages + 1
-            if not more or target == before:  # done, or our log moved under us
-                break
-            res = self.peer_clients[best.peer].call(
-                "catch_up", after=target, timeout=PEER_TIMEOUT * 3, idempotent=True
+                answer = err
+            return lambda now: run.on_fence(action.round, answer, now)
+        after = action.after
+        try:
+            if after is None:  # from the log's watermark: a few indexed counts
+                after = self.log.trade_watermark()
+            res = self.catalog.call(
+                "trades_since", after=after, limit=action.limit, idempotent=True
             )
-            page = parse_records(res["records"])
-            more = bool(res.get("more")) and bool(page)
-        log.info("order %s: caught up from %s to %s (%d pages)", self.id, best.peer, target, pages)
-
-    def _recover_as_leader(self, epoch: int) -> None:
-        """Catch up (promising our epoch to peers), lead, fence the catalog, reconcile."""
-        started = time.monotonic()
-        try:
-            while True:
-                self._recovery_note = "catching up from peers"
-                try:
-                    self.catch_up_from_peers(epoch)
-                    break
-                except BazaarError as err:
-                    if err.code != "UNAVAILABLE" or not self._still_recovering(epoch):
-                        raise
-                    self._recovery_note = f"waiting for a majority: {err.message}"
-                    if self._stop.wait(0.2):
-                        return
-            with self._lock:
-                self._promised = True
-                if self.machine.epoch != epoch or self.machine.role != rep.RECOVERING:
-                    return
-                self._perform(self.machine.start_leading(time.monotonic()))
-            self._flush()  # the re-stamp: it commits our first records
-            while not self._stop.is_set() and self._still_leading(epoch):
-                try:
-                    self._fence(epoch)
-                    self.reconcile(epoch)
-                    break
-                except BazaarError as err:
-                    if err.details.get("not_leader"):
-                        return
-                    self._recovery_note = f"catalog: {err.message}"
-                    self._stop.wait(0.2)
-            with self._lock:
-                if self._still_leading_locked(epoch):
-                    self._serving = True
-                    self._changed.notify_all()
-                    took = (time.monotonic() - started) * 1000
-                    log.info("order %s leads epoch %s (recovered in %.0f ms)", self.id, epoch, took)
+            trades = [rec.Trade.from_wire(t) for t in res.get("trades", [])]
+            more = bool(res.get("more", len(trades) >= action.limit))
         except BazaarError as err:
-            log.warning("order %s: recovery for epoch %s failed: %s", self.id, epoch, err)
-            with self._lock:
-                self._recovery_note = f"recovery failed: {err.message}"
-                self._perform(self.machine.fenced(epoch))
-        except Exception:
-            log.exception("order %s: recovery for epoch %s crashed", self.id, epoch)
+            trades, more = err, False
+        except (AttributeError, KeyError, TypeError) as exc:
+            trades, more = invalid(f"bad trades_since answer: {exc}"), False
 
-    def _still_recovering(self, epoch: int) -> bool:
-        with self._lock:
-            return self.machine.epoch == epoch and self.machine.role == rep.RECOVERING
+        def feed(now):
+            return run.on_trades(action.round, trades, more, now, busy=frozenset(self._trading))
 
-    def _still_leading(self, epoch: int) -> bool:
-        with self._lock:
-            return self._still_leading_locked(epoch)
-
-    def _still_leading_locked(self, epoch: int) -> bool:
-        return self.machine.epoch == epoch and self.machine.role == rep.LEADER
-
-    def _fence(self, epoch: int) -> None:
-        try:
-            res = self.catalog.call("fence", epoch=epoch, leader=self.id, idempotent=True)
-        except BazaarError as err:
-            raise unavailable(f"catalog fence failed: {err.message}") from None
-        if isinstance(res, dict) and isinstance(res.get("epoch"), int) and res["epoch"] > epoch:
-            with self._lock:
-                self._perform(self.machine.fenced(res["epoch"]))
-            raise rep.not_leader(None, res["epoch"], "the catalog is fenced by a newer epoch")
-
-    def reconcile(self, epoch: int) -> int:
-        """Commit an order for every catalog trade whose key is not in the log."""
-        committed = 0
-        after = self._compute_watermark()
-        while True:
-            try:
-                res = self.catalog.call("trades_since", after=after, limit=1000, idempotent=True)
-            except BazaarError as err:
-                raise unavailable(f"catalog trades_since failed: {err.message}") from None
-            trades = res.get("trades", [])
-            waiters = []
-            with self._lock:
-                if not self._still_leading_locked(epoch):
-                    raise rep.not_leader(self.machine.leader, self.machine.epoch)
-                for t in trades:
-                    key = t["key"]
-                    if key in self._trading or self.machine.number_of(key) is not None:
-                        continue
-                    record, actions = self.machine.propose(
-                        t["name"], t["type"], t["quantity"], key, t["seq"], time.monotonic()
-                    )
-                    waiters.append(self._waiter(record.number))
-                    self._perform(actions)
-                    committed += 1
-            self._flush()
-            for w in waiters:
-                self._await(w)
-            if not trades or not res.get("more", len(trades) >= 1000):
-                break
-            after = trades[-1]["seq"]
-        if committed:
-            log.warning("order %s: reconciled %d orphaned catalog trades", self.id, committed)
-        return committed
-
-    def _compute_watermark(self) -> int:
-        """Highest catalog seq S such that trades 1..S all have durable records in our log.
-
-        The log keeps it (a lower bound that truncations lower and that is
-        saved now and then), so this costs a few indexed counts, whatever the
-        history. Records in flight do not count here (their keys are skipped
-        anyway).
-        """
-        return self.log.trade_watermark()
+        return feed
 
     def _leader_loop(self) -> None:
         """While leading: reconcile orphaned trades every RECONCILE_EVERY seconds.
@@ -242,8 +214,13 @@ class Recovery:
                     self.log.trade_watermark()
                 continue
             try:
-                self.reconcile(epoch)
-            except BazaarError as err:
-                log.info("order %s: reconcile: %s", self.id, err.message)
+                run = self._run_recovery(self._recovering(rec.RECONCILE, epoch))
             except Exception:
                 log.exception("order %s: reconcile crashed", self.id)
+                continue
+            if run.error is not None:
+                log.info("order %s: reconcile: %s", self.id, run.error.message)
+            elif run.reconciled:
+                log.warning(
+                    "order %s: reconciled %d orphaned catalog trades", self.id, run.reconciled
+                )

@@ -6,7 +6,7 @@ that lock (`_perform`). Each job is a module of its own, mixed in:
 
 - `commit` — group commit, durability, commit waits;
 - `link` — the replication thread and its sockets;
-- `recovery` — catch-up, promises, fencing, reconciliation;
+- `recovery` — drives `recovering` (catch-up, promises, fencing, reconciliation);
 - `handlers` — the RPC methods.
 
 Nothing here decides replication questions: every such decision is a call
@@ -35,6 +35,7 @@ from bazaar.order.commit import GroupCommit, Waiter
 from bazaar.order.handlers import CATALOG_TIMEOUT, Handlers, method_roles
 from bazaar.order.link import ReplicationLink
 from bazaar.order.log import OrderLog
+from bazaar.order.recovering import Recovering
 from bazaar.order.recovery import PEER_TIMEOUT, Recovery
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._waiters: dict[int, Waiter] = {}
         self._trading: set[str] = set()  # keys whose catalog trade is in flight here
         self._serving = False  # leader, recovered and reconciled
-        self._promised = False  # elected, and a majority promised our epoch
-        self._recovery_note = "not the leader"
+        self._recovery: Recovering | None = None  # the run of our latest election
         self._disk_error: BazaarError | None = None
         self._disk_errors = 0
         self._disk_error_at = float("-inf")
@@ -108,13 +108,7 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._spawn(self._writer_loop, "writer")
-        try:
-            self.catch_up_from_peers(epoch=None)
-        except BazaarError as err:
-            # A peer died in the middle of it (or our disk failed): serve with
-            # what we have, like any lagging follower; the leader's stream, or
-            # our own recovery if we are elected, brings the rest.
-            log.warning("order %s: start-up catch-up incomplete: %s", self.id, err.message)
+        self.catch_up_from_peers()
         roles = method_roles(self.id, self.endpoints)
         self.server = rpc.Server(
             self._endpoint,

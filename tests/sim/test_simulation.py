@@ -15,7 +15,7 @@ from tests.sim.world import Violation, World
 
 BASE = int(os.environ.get("BAZAAR_SIM_BASE") or 0)
 COUNT = int(os.environ.get("BAZAAR_SIM_SEEDS") or 300)
-STEPS = int(os.environ.get("BAZAAR_SIM_STEPS") or 400)
+STEPS = int(os.environ.get("BAZAAR_SIM_STEPS") or 1000)
 ONLY = os.environ.get("BAZAAR_SIM_SEED")
 SEEDS = [int(ONLY)] if ONLY else range(BASE, BASE + COUNT)
 

@@ -4,19 +4,25 @@
 `Replica` machines, their disks, a lossy wire) with what a cluster does around
 them, driven by one `random.Random(seed)` so a seed replays exactly:
 
-- one or two front ends that elect as `bazaar.frontend.leader` does: only
-  with a majority of replicas reachable, the most up-to-date log first
-  (last record's epoch, then number, then the highest id), at an epoch above
-  every epoch they have seen; each front end only knows what it saw, so two
-  of them may pick the same epoch for different replicas;
-- a new leader's recovery as the service does it: promises from the peers
-  it reaches (each flushes its in-flight records first), a majority of
-  promises or no leading, the most up-to-date log adopted (`plan_catch_up`);
+- one or two front ends that elect as `bazaar.frontend.leader` does, with
+  its rules (`bazaar.frontend.election`) over `status` maps built as the
+  service builds them: only with a majority of replicas reachable, keeping
+  a leader that serves (or recovers) the top epoch with its majority, else
+  the most up-to-date log first (last record's epoch, then number, then the
+  highest id), at an epoch above every epoch they have seen; each front end
+  only knows what it saw, so two of them may pick the same epoch for
+  different replicas;
+- recovery run by the service's own machine (`bazaar.order.recovering`):
+  a restarted replica catches up from its peers before it serves (requests
+  to it wait meanwhile), an elected one asks for promises, adopts the best
+  log, leads, fences the catalog, reconciles orphaned trades and only then
+  serves; a serving leader reconciles every second. Its requests
+  (`catch_up` to peers, the catalog's `fence` and `trades_since`) and their
+  answers travel over the same lossy wire, paged small so paging runs;
 - a catalog as the service uses it: a trade per key at most once (a retry
   gets the first result), a fence of (epoch, leader) that refuses older
   leaders and any other leader of its epoch; a leader trades before it
-  proposes, a new leader fences and then reconciles every trade whose key
-  its log lacks (an orphan: traded, never committed) under a new number;
+  proposes;
 - clients placing orders at whichever replica they believe leads, and
   retrying an unanswered order with the same key;
 - faults: crashes (unflushed writes lost), restarts, pauses, partitions
@@ -36,8 +42,19 @@ from __future__ import annotations
 import contextlib
 
 from bazaar.errors import BazaarError
+from bazaar.frontend.election import candidates, serving_leader
+from bazaar.order import recovering as rec
 from bazaar.order import replication as rep
-from tests.unit.fake_network import Sim
+from tests.unit.fake_network import MemoryLog, Sim
+
+PAGE = 4  # records per catch_up answer: small, so recoveries page
+TRADES_PAGE = 3
+RECONCILE_EVERY = 1.0
+REQUESTS = ("replicate", "catch_up")  # what a replica still starting up cannot take yet
+
+
+def nobody(_rid: int) -> bool:
+    return False
 
 
 class Violation(AssertionError):
@@ -69,6 +86,11 @@ class World(Sim):
         self.trades: dict[str, int] = {}  # the catalog: key -> seq
         self.fence = (0, None)  # the catalog's (epoch, leader)
         self.trace: list[str] = []
+        self.runs: dict[int, tuple[int, rec.Recovering]] = {}  # rid -> (serial, its recovery)
+        self.serial = 0
+        self.serving: dict[int, int] = {}  # rid -> the epoch it serves (while it leads it)
+        self.starting: set[int] = set()  # restarted, catching up before it serves
+        self.reconciled_at: dict[int, float] = {}
 
     # ---- the network ------------------------------------------------------------
     def linked(self, a, b) -> bool:
@@ -80,14 +102,51 @@ class World(Sim):
     def deliver_one(self) -> bool:
         if not self.wire:
             return False
-        src, dst = self.wire[0][0], self.wire[0][1]
+        src, dst, kind, payload = self.wire[0]
         if not self.linked(src, dst):
             self.wire.pop(0)  # lost in the partition
             return True
         if dst in self.paused or src in self.paused:
             self.wire.append(self.wire.pop(0))  # waits until the process runs again
             return True
-        return super().deliver_one()
+        if (dst in self.starting or dst in self.down) and kind in REQUESTS and src not in self.down:
+            # Its server is not up (yet): a pipelined `replicate` is dropped, a
+            # call fails in the client's connect timeout.
+            self.wire.pop(0)
+            if kind == "catch_up":
+                refused = BazaarError("UNAVAILABLE", f"order{dst} not connected")
+                self.put((dst, src, "answer", (payload[0], payload[1], refused)))
+            return True
+        if kind in ("replicate", "reply"):
+            super().deliver_one()
+            self.poke(dst)
+            return True
+        self.wire.pop(0)
+        if src in self.down or dst in self.down:
+            return True
+        if kind == "catch_up":
+            self.answer_catch_up(src, dst, payload)
+        elif kind in ("fence", "trades_since"):
+            self.answer_catalog(src, kind, payload)
+        else:  # an answer to a recovery's request
+            serial, call, answer = payload
+            current = self.runs.get(dst)
+            if current is None or current[0] != serial:
+                return True  # for a run that ended
+            run = current[1]
+            if isinstance(call, rec.AskPeer):
+                actions = run.on_answer(call.round, src, answer, self.now)
+            elif isinstance(call, rec.FetchPage):
+                records = answer if isinstance(answer, BazaarError) else answer.records
+                actions = run.on_page(call.round, records, getattr(answer, "more", False), self.now)
+            elif isinstance(call, rec.Fence):
+                actions = run.on_fence(call.round, answer, self.now)
+            else:
+                trades, more = answer if isinstance(answer, tuple) else (answer, False)
+                actions = run.on_trades(call.round, trades, more, self.now)
+            self.perform(dst, actions)
+            self.poke(dst)
+        return True
 
     def tick(self, dt: float, step: float = 0.02) -> None:
         """Time passes; a paused process does not run (its timers see the gap on resume)."""
@@ -97,17 +156,107 @@ class World(Sim):
             for rid, m in self.machines.items():
                 if rid not in self.down and rid not in self.paused:
                     self.perform(rid, m.tick(self.now))
+                    self.poke(rid)
+                    self.reconcile_now_and_then(rid)
 
     def flush(self, rid: int) -> None:
         if rid not in self.paused:
             super().flush(rid)
+            self.poke(rid)
+
+    # ---- recovery: the service's machine, its requests over the wire -------------------
+    def start_run(self, rid: int, mode: str, epoch: int | None = None) -> None:
+        self.serial += 1
+        run = rec.Recovering(
+            self.machines[rid], mode, epoch, ask_timeout=0.2, wait_timeout=1.0, retry=0.1
+        )
+        self.runs[rid] = (self.serial, run)
+        self.perform(rid, run.start(self.now))
+        self.poke(rid)
+
+    def poke(self, rid) -> None:
+        """What the service's driver does on every change: tick the run, note its end."""
+        current = self.runs.get(rid)
+        if current is None or rid in self.down or rid in self.paused:
+            return
+        run = current[1]
+        self.perform(rid, run.tick(self.now))
+        if not run.finished or self.runs.get(rid) is not current:
+            return
+        del self.runs[rid]
+        if run.mode == rec.CATCH_UP:
+            self.starting.discard(rid)
+            self.trace.append(f"{rid} started ({run.note})")
+        elif run.mode == rec.LEAD and run.error is not None:
+            self.trace.append(f"{rid} recovery for {run.epoch} ended: {run.note}")
+            self.perform(rid, self.machines[rid].fenced(run.epoch))
+
+    def reconcile_now_and_then(self, rid: int) -> None:
+        """A serving leader reconciles orphaned trades every second (the service's loop)."""
+        if rid in self.runs or not self.is_serving(rid):
+            return
+        if self.now - self.reconciled_at.get(rid, float("-inf")) >= RECONCILE_EVERY:
+            self.reconciled_at[rid] = self.now
+            self.start_run(rid, rec.RECONCILE, self.machines[rid].epoch)
+
+    def is_serving(self, rid: int) -> bool:
+        m = self.machines[rid]
+        return m.role == rep.LEADER and self.serving.get(rid) == m.epoch
+
+    def answer_catch_up(self, src: int, dst: int, payload) -> None:
+        """`catch_up` at replica `dst`, as the service answers it (a promise with an epoch)."""
+        serial, call = payload
+        epoch = getattr(call, "epoch", None)
+        answer: rep.PeerLog | BazaarError
+        try:
+            if epoch is not None:
+                self.perform(dst, self.machines[dst].on_promise(src, epoch))
+        except BazaarError as err:
+            answer = err
+        else:
+            self.flush(dst)  # a promise waits for the records in flight
+            log = MemoryLog(self.disk[dst])
+            last = len(self.disk[dst]) - 1
+            records = self.disk[dst][call.after + 1 : call.after + 1 + PAGE]
+            more = bool(records) and records[-1].number < last
+            answer = rep.PeerLog(dst, last, log.epoch_runs(), records, more, epoch is not None)
+        self.put((dst, src, "answer", (serial, call, answer)))
+
+    def answer_catalog(self, src: int, kind: str, payload) -> None:
+        serial, call = payload
+        if kind == "fence":
+            fenced_epoch, fenced_leader = self.fence
+            answer: object
+            if call.epoch < fenced_epoch:
+                answer = {"epoch": fenced_epoch, "leader": fenced_leader}
+            elif call.epoch == fenced_epoch and call.leader != fenced_leader:
+                answer = BazaarError("ABORTED", "epoch taken", {"epoch": fenced_epoch})
+            else:
+                self.fence = (call.epoch, call.leader)
+                answer = {"epoch": call.epoch, "leader": call.leader}
+        else:
+            after = call.after or 0
+            trades = sorted((seq, key) for key, seq in self.trades.items() if seq > after)
+            page = [rec.Trade(seq, key, "GameStart", "buy", 1) for seq, key in trades]
+            answer = (page[:TRADES_PAGE], len(page) > TRADES_PAGE)
+        self.put(("catalog", src, "answer", (serial, call, answer)))
 
     # ---- actions ------------------------------------------------------------------
     def perform(self, rid: int, actions: list) -> None:
         for a in actions:
-            if isinstance(a, rep.Acknowledge):
-                self._acknowledged(rid, a.upto)
-        super().perform(rid, actions)
+            if isinstance(a, rec.AskPeer | rec.FetchPage):
+                self.put((rid, a.peer, "catch_up", (self.runs[rid][0], a)))
+            elif isinstance(a, rec.Fence):
+                self.put((rid, "catalog", "fence", (self.runs[rid][0], a)))
+            elif isinstance(a, rec.FetchTrades):
+                self.put((rid, "catalog", "trades_since", (self.runs[rid][0], a)))
+            elif isinstance(a, rec.Serve):
+                self.serving[rid] = a.epoch
+                self.trace.append(f"{rid} serves {a.epoch}")
+            else:
+                if isinstance(a, rep.Acknowledge):
+                    self._acknowledged(rid, a.upto)
+                super().perform(rid, [a])
 
     def _acknowledged(self, rid: int, upto: int) -> None:
         m = self.machines[rid]
@@ -128,78 +277,61 @@ class World(Sim):
         return self.machines[rid].get(n)
 
     # ---- the cluster around the machines ------------------------------------------
-    def elect(self, fe: int, spurious: float = 0.1) -> None:
-        """Front end `fe` elects, seeing only the replicas it reaches.
+    def status(self, rid: int) -> dict:
+        """Replica `rid`'s `status`, as `bazaar.order.handlers` builds it."""
+        m = self.machines[rid]
+        run = self.runs.get(rid, (0, None))[1]
+        lead_run = run if run is not None and run.mode == rec.LEAD else None
+        role = rep.RECOVERING if m.role == rep.LEADER and not self.is_serving(rid) else m.role
+        return {
+            "id": rid,
+            "role": role,
+            "leader": None if m.leader == rid and m.role == rep.FOLLOWER else m.leader,
+            "epoch": m.epoch,
+            "last_number": m.durable if m.durable >= 0 else None,
+            "last_epoch": m.last_epoch() if m.durable >= 0 else None,
+            "majority": (
+                m.has_majority()
+                if m.role == rep.LEADER
+                else lead_run.promised
+                if m.role == rep.RECOVERING and lead_run is not None
+                else None
+            ),
+        }
 
-        It keeps a leader that serves the top epoch with a majority, except
-        with probability `spurious` (a call timed out anyway).
+    def elect(self, fe: int, spurious: float = 0.1) -> None:
+        """Front end `fe` elects with the front end's rules, seeing only the replicas it reaches.
+
+        It keeps a leader that serves (or recovers) the top epoch with its
+        majority, except with probability `spurious` (a call timed out anyway).
         """
         name = self.fe_names[fe]
-        live = [r for r in self.ids if self.reachable(name, r)]
+        live = {
+            r: self.status(r)
+            for r in self.ids
+            if self.reachable(name, r) and r not in self.starting
+        }
         if len(live) < len(self.ids) // 2 + 1:
             return  # no majority: no epoch spent
-        top = max([self.machines[r].epoch for r in live] + [self.fe_epoch[fe]])
-        for r in live:  # a leader still recovering tries again (the service's loop)
-            if self.machines[r].role == rep.RECOVERING and self.machines[r].epoch == top:
-                self.recover(r, top)
-        serving = [
-            r
-            for r in live
-            if self.machines[r].role == rep.LEADER
-            and self.machines[r].epoch == top
-            and self.machines[r].has_majority()
-        ]
-        if serving and self.rng.random() >= spurious:
-            return  # it keeps a serving leader (now and then a call times out anyway)
+        top = max([st["epoch"] for st in live.values()] + [self.fe_epoch[fe]])
+        if serving_leader(live, top, nobody) is not None and self.rng.random() >= spurious:
+            return  # it keeps that leader (now and then a call times out anyway)
         epoch = top + 1
-
-        def rank(r):
-            m = self.machines[r]
-            return (m.last_epoch(), m.durable, r)
-
-        leader = max(live, key=rank)
+        leader = candidates(live, nobody)[0]
         self.trace.append(f"{name} elects {leader} at {epoch}")
         self.fe_epoch[fe] = epoch
-        for r in live:
+        for r in [leader, *(r for r in live if r != leader)]:
+            m = self.machines[r]
+            was = (m.role, m.epoch)
             try:
-                self.perform(r, self.machines[r].on_set_leader(leader, epoch))
+                self.perform(r, m.on_set_leader(leader, epoch))
             except BazaarError as err:
                 self.fe_epoch[fe] = max(self.fe_epoch[fe], err.details.get("epoch", 0))
                 if r == leader:
                     return
-        self.recover(leader, epoch)
-
-    def recover(self, leader: int, epoch: int) -> None:
-        """The service's recovery: promises from a majority, adopt the best log, lead."""
-        m = self.machines[leader]
-        if m.role != rep.RECOVERING or m.epoch != epoch:
-            return
-        answers = []
-        for peer in self.ids:
-            if peer == leader or not self.reachable(leader, peer):
                 continue
-            try:
-                self.perform(peer, self.machines[peer].on_promise(leader, epoch))
-            except BazaarError:
-                continue  # ABORTED: it granted this epoch (or a later one) to another
-            self.flush(peer)  # a promise waits for the records in flight
-            answers.append(self.peer_log(peer)._replace(promised=True))
-        try:
-            truncate, best = rep.plan_recovery(m, answers)  # what the service runs
-        except BazaarError:
-            self.trace.append(f"{leader} has no majority for {epoch}")
-            return
-        if best is not None:
-            self.perform(leader, m.adopt(truncate, best.records))
-        self.flush(leader)
-        if m.durable < m.last_number:
-            return  # its disk failed meanwhile
-        self.perform(leader, m.start_leading(self.now))
-        if self.catalog_admits(leader, epoch):  # fence, then reconcile orphaned trades
-            for key in sorted(self.trades, key=self.trades.get):
-                if self.number_of(leader, key) is None:
-                    self.trace.append(f"{leader} reconciles {key}")
-                    self._propose(leader, key, self.trades[key])
+            if m.role == rep.RECOVERING and was != (rep.RECOVERING, epoch):
+                self.start_run(r, rec.LEAD, epoch)  # what set_leader starts in the service
 
     # ---- the catalog ------------------------------------------------------------------
     def catalog_admits(self, leader: int, epoch: int) -> bool:
@@ -226,7 +358,7 @@ class World(Sim):
         leaders = [
             r
             for r in self.ids
-            if r not in self.down and r not in self.paused and self.machines[r].role == rep.LEADER
+            if r not in self.down and r not in self.paused and self.is_serving(r)
         ]
         if not leaders:
             return
@@ -257,6 +389,19 @@ class World(Sim):
         self.perform(rid, m.on_disk_error(BazaarError("UNAVAILABLE", "disk full")))
         m.reset_log()
 
+    def crash(self, rid: int) -> None:
+        super().crash(rid)
+        self.paused.discard(rid)
+        self.starting.discard(rid)
+        self.runs.pop(rid, None)
+        self.serving.pop(rid, None)
+
+    def restart(self, rid: int, **machine_kw) -> None:
+        """The process starts again: it catches up from its peers before it serves."""
+        super().restart(rid, **machine_kw)
+        self.starting.add(rid)
+        self.start_run(rid, rec.CATCH_UP)
+
     # ---- one random step --------------------------------------------------------------
     def step(self) -> None:
         rng = self.rng
@@ -283,7 +428,6 @@ class World(Sim):
         if roll < 0.2 and rid not in self.down:
             self.trace.append(f"crash {rid}")
             self.crash(rid)
-            self.paused.discard(rid)
         elif roll < 0.45 and rid in self.down:
             self.trace.append(f"restart {rid}")
             self.restart(rid)
@@ -328,7 +472,7 @@ class World(Sim):
             self.check()
             disks = [self.disk[r] for r in self.ids]
             committed = any(
-                m.role == rep.LEADER and m.commit == len(disks[0]) - 1
+                self.is_serving(m.id) and m.commit == len(disks[0]) - 1
                 for m in self.machines.values()
             )
             if committed and all(d == disks[0] for d in disks) and self._all_acked(disks[0]):
@@ -337,15 +481,8 @@ class World(Sim):
                     return
                 if len(set(keys)) != len(keys):
                     raise Violation("a key was committed twice")
-                for m in self.machines.values():  # the serving leader reconciles each second
-                    if m.role == rep.LEADER:
-                        self.recover_orphans(m.id)
+                # else: the serving leader reconciles the orphans within a second
         raise Violation("logs did not converge: " + str({r: len(self.disk[r]) for r in self.ids}))
-
-    def recover_orphans(self, leader: int) -> None:
-        for key in sorted(self.trades, key=self.trades.get):
-            if self.number_of(leader, key) is None:
-                self._propose(leader, key, self.trades[key])
 
     def _all_acked(self, log) -> bool:
         return all(n < len(log) and log[n].key == k for n, k in self.acked_keys.items())
