@@ -176,9 +176,8 @@ class Handlers:
             if leader == self.id and self._disk_error is not None and broken:
                 # Refuse before accepting the epoch: the front end tries the next replica.
                 raise unavailable(f"order {self.id} cannot lead: {self._disk_error.message}")
-            self._accept_epoch(epoch, leader)
             was = (self.machine.role, self.machine.epoch)
-            self._perform(self.machine.on_set_leader(leader, epoch))
+            self._perform(self.machine.on_set_leader(leader, epoch))  # saves it first
             if self.machine.role == rep.RECOVERING and was != (rep.RECOVERING, epoch):
                 self._serving = False
                 run = self._recovery = self._recovering(LEAD, epoch)
@@ -195,9 +194,11 @@ class Handlers:
         with self._lock:
             if prev_epoch is None and prev_number >= 0:
                 prev_epoch = self.machine.epoch_at(prev_number)
-            self._accept_epoch(epoch, leader)
             msg = rep.Replicate(epoch, leader, prev_number, prev_epoch, tuple(batch))
             actions, reply = self.machine.on_replicate(msg)
+            if reply is None:  # a new epoch: saved (and accepted) first, then the batch
+                self._perform(actions)
+                actions, reply = self.machine.on_replicate(msg)
             self._perform(actions)
             generation = self._disk_errors
         self._flush()
@@ -214,8 +215,7 @@ class Handlers:
                 check_epoch(epoch)
                 check_leader(leader, self.endpoints)
                 try:
-                    self._accept_epoch(epoch, leader)
-                    self._perform(self.machine.on_promise(leader, epoch))
+                    self._perform(self.machine.on_promise(leader, epoch))  # saves it first
                     promised = True
                 except BazaarError as err:
                     if err.code == "ABORTED":

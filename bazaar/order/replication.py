@@ -19,9 +19,18 @@ service's SQLite `OrderLog`, a list in the tests), and only at numbers up to
 
 Invariants
 - One leader per epoch. Epochs only grow; a replica accepts an epoch once
-  (`SaveState` is persisted before anything else happens in it) and refuses
-  `set_leader`/`replicate`/promises from a lower epoch, or from the same epoch
-  naming another leader, with ABORTED details {"epoch"}.
+  and refuses `set_leader`/`replicate`/promises from a lower epoch, or from
+  the same epoch naming another leader, with ABORTED details {"epoch"}.
+- A vote is durable before it leaves. A message naming a new (epoch,
+  leader) changes nothing at first: it gets `SaveState` alone (and
+  `on_replicate` no reply). The driver persists it, reports `on_saved`
+  (only then does the machine move to that epoch: stepping down, or
+  recovering when it names us), and hands the message in again. So no
+  answer in an epoch (`set_leader` done, a promise, a `replicate` reply)
+  leaves before that epoch is on disk, a save that fails changes nothing,
+  and `SaveState` is the only way the epoch is persisted. While a save is
+  pending, lower epochs (and its epoch with another leader) are refused
+  already.
 - Log matching. A record is created only by the leader of its epoch, once per
   number, so (number, epoch) names one record everywhere, and two logs that
   hold the same (number, epoch) are identical up to it. A follower appends
@@ -128,6 +137,7 @@ class Replica(LogTail):
         super().__init__(log)
         self.epoch = epoch
         self.leader = leader
+        self.pending_state: tuple[int, int | None] | None = None  # SaveState not yet saved
         self.role = FOLLOWER
         self.commit = -1  # highest acknowledged number while leading
         self.last_tick = float("-inf")
@@ -138,26 +148,39 @@ class Replica(LogTail):
         self.window = window
 
     # ---- epochs -----------------------------------------------------------
-    def epoch_change(self, epoch: int, leader: int) -> bool:
-        """True when (epoch, leader) is new and acceptable; raises ABORTED when stale.
-
-        The service persists the new epoch *before* calling the mutating
-        handler, so a disk that cannot save it changes nothing.
-        """
-        if epoch < self.epoch or (epoch == self.epoch and self.leader not in (None, leader)):
-            raise aborted(
-                f"epoch {epoch} (leader {leader}) is stale: accepted {self.epoch} "
-                f"(leader {self.leader})",
+    def _newest_state(self) -> tuple[int, int | None]:
+        """The (epoch, leader) accepted, or the one being saved if that is newer."""
+        pending = self.pending_state
+        return (
+            pending
+            if pending is not None and pending[0] >= self.epoch
+            else (
                 self.epoch,
+                self.leader,
             )
-        return not (epoch == self.epoch and self.leader == leader)
+        )
 
-    def _check_epoch(self, epoch: int, leader: int) -> list:
-        """Accept (epoch, leader) or raise ABORTED; returns SaveState (+ step-down) actions."""
-        if not self.epoch_change(epoch, leader):
-            return []
-        actions: list = [SaveState(epoch, leader)]
-        actions += self._step_down(f"replica {leader} leads epoch {epoch}", leader, epoch)
+    def _check_epoch(self, epoch: int, leader: int) -> SaveState | None:
+        """None when (epoch, leader) is the accepted one; SaveState when it must be
+        saved first; ABORTED when it is stale. Changes nothing but the pending save."""
+        newest, holder = self._newest_state()
+        if epoch < newest or (epoch == newest and holder not in (None, leader)):
+            raise aborted(
+                f"epoch {epoch} (leader {leader}) is stale: accepted {newest} (leader {holder})",
+                newest,
+            )
+        if (epoch, leader) == (self.epoch, self.leader):
+            return None
+        self.pending_state = (epoch, leader)
+        return SaveState(epoch, leader)
+
+    def on_saved(self, epoch: int, leader: int | None) -> list:
+        """The driver persisted `SaveState(epoch, leader)`: now the machine moves to it."""
+        if self.pending_state == (epoch, leader):
+            self.pending_state = None
+        if epoch < self.epoch or (epoch, leader) == (self.epoch, self.leader):
+            return []  # an older save finished after a newer one was accepted
+        actions = self._step_down(f"replica {leader} leads epoch {epoch}", leader, epoch)
         self.epoch, self.leader = epoch, leader
         if leader == self.id:
             self.role = RECOVERING
@@ -172,12 +195,16 @@ class Replica(LogTail):
         return [Abort(self.commit + 1, not_leader(leader, epoch, why))]
 
     def on_set_leader(self, leader: int, epoch: int) -> list:
-        """`set_leader`: raises ABORTED if stale; when it names us, the service recovers us."""
-        return self._check_epoch(epoch, leader)
+        """`set_leader`: raises ABORTED if stale; [SaveState] to persist (then `on_saved`);
+        [] once accepted. When it names us, the service recovers us."""
+        save = self._check_epoch(epoch, leader)
+        return [save] if save is not None else []
 
     def on_promise(self, leader: int, epoch: int) -> list:
-        """A new leader's catch-up carries its epoch: after this we refuse the old leader."""
-        return self._check_epoch(epoch, leader)
+        """A new leader's catch-up carries its epoch: once saved we refuse the old leader;
+        the promise is given only when this returns [] (the epoch is accepted)."""
+        save = self._check_epoch(epoch, leader)
+        return [save] if save is not None else []
 
     def fenced(self, epoch: int) -> list:
         """The catalog (or a peer) knows a higher epoch: stop leading at once."""
@@ -186,12 +213,16 @@ class Replica(LogTail):
         return self._step_down(f"fenced by epoch {epoch}", None, epoch)
 
     # ---- follower side ------------------------------------------------------
-    def on_replicate(self, msg: Replicate) -> tuple[list, ReplicateReply]:
-        """Apply a batch. Returns actions and the reply to send once they are durable."""
+    def on_replicate(self, msg: Replicate) -> tuple[list, ReplicateReply | None]:
+        """Apply a batch. Returns actions and the reply to send once they are durable;
+        ([SaveState], None) when its epoch must be saved first: hand it in again then."""
         numbers = [r.number for r in msg.records]
         if numbers != list(range(msg.prev_number + 1, msg.prev_number + 1 + len(numbers))):
             raise BazaarError("INVALID_ARGUMENT", "records must follow prev_number, consecutively")
-        actions = self._check_epoch(msg.epoch, msg.leader)
+        save = self._check_epoch(msg.epoch, msg.leader)
+        if save is not None:
+            return [save], None
+        actions: list = []
         if msg.prev_number > self.last_number:
             return actions, ReplicateReply(self.epoch, False, self.last_number, -1, msg.prev_number)
         if msg.prev_number >= 0 and self.epoch_at(msg.prev_number) != msg.prev_epoch:

@@ -12,8 +12,9 @@ that lock (`_perform`). Each job is a module of its own, mixed in:
 Nothing here decides replication questions: every such decision is a call
 into `bazaar.order.replication.Replica` under the lock, and the parts only
 perform the actions that come back. Blocking work (log writes, the catalog,
-peers) never happens under that lock; the one exception is saving a newly
-accepted epoch, which must be durable before the machine acts on it.
+peers) never happens under that lock; the one exception is the machine's
+`SaveState` (a newly accepted epoch), which must be durable before the
+machine moves to it and before any reply in it leaves.
 """
 
 from __future__ import annotations
@@ -187,7 +188,12 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
             elif isinstance(action, rep.Abort):
                 self._resolve(lambda n, start=action.from_number: n >= start, action.error)
                 self._serving = False
-            # SaveState: already persisted by _accept_epoch before the machine moved.
+            elif isinstance(action, rep.SaveState):
+                # The vote: durable before anything else happens in its epoch
+                # (and before any reply leaves); a failed save raises here and
+                # the machine, which moves only on `on_saved`, changes nothing.
+                self.log.save_state(action.epoch, action.leader)
+                self._perform(self.machine.on_saved(action.epoch, action.leader))
         self._changed.notify_all()
 
     def _resolve(self, selects, error: BazaarError | None) -> None:
@@ -195,11 +201,6 @@ class OrderReplica(Handlers, Recovery, GroupCommit, ReplicationLink):
             waiter = self._waiters.pop(number)
             waiter.error = error
             waiter.set()
-
-    def _accept_epoch(self, epoch: int, leader: int) -> None:
-        """Persist a new (epoch, leader) before the machine acts on it (under the lock)."""
-        if self.machine.epoch_change(epoch, leader):
-            self.log.save_state(epoch, leader)
 
 
 def run(config: Config, stop: threading.Event) -> None:

@@ -25,14 +25,17 @@ them, driven by one `random.Random(seed)` so a seed replays exactly:
   proposes;
 - clients placing orders at whichever replica they believe leads, and
   retrying an unanswered order with the same key;
-- faults: crashes (unflushed writes lost), restarts, pauses, partitions
+- faults: crashes (unflushed writes lost; now and then right after an
+  epoch was saved, before the answer leaves), restarts, pauses, partitions
   (per link, both directions), disk errors (a flush fails), and the wire's
   losses, duplicates and reorderings.
 
 After every step `check()` asserts: an acknowledged number never names
 another order, and no key is acknowledged under two numbers; every
 acknowledged order is durable on a majority; at most one leader
-acknowledges in an epoch. `settle()` heals everything and checks that the
+acknowledges in an epoch; and as they happen: no answer in an epoch (a
+`set_leader` done, a promise, a `replicate` ok) leaves a replica before
+that epoch is saved on it. `settle()` heals everything and checks that the
 logs converge, identical and complete, and that the log holds every catalog
 trade exactly once (conservation: orders and trades match one to one).
 """
@@ -165,6 +168,28 @@ class World(Sim):
             self.poke(rid)
 
     # ---- recovery: the service's machine, its requests over the wire -------------------
+    # ---- votes: saved before they leave ---------------------------------------------
+    def after_save(self, rid: int) -> None:
+        """Now and then the process dies right after saving an epoch, before it answers."""
+        if self.faults and self.rng.random() < 0.03:
+            self.trace.append(f"crash {rid} between a save and its reply")
+            self.crash(rid)
+
+    def check_vote(self, rid: int, epoch: int, leader: int | None = None) -> None:
+        """An answer in `epoch` leaves `rid`: that epoch (for that leader) must be on its disk."""
+        saved_epoch, saved_leader = self.saved.get(rid, (0, None))
+        if saved_epoch < epoch or (
+            saved_epoch == epoch and leader is not None and saved_leader != leader
+        ):
+            raise Violation(
+                f"replica {rid} answered in epoch {epoch} (leader {leader}) "
+                f"with only {(saved_epoch, saved_leader)} saved"
+            )
+
+    def replying(self, rid: int, reply: rep.ReplicateReply) -> None:
+        if reply.ok:
+            self.check_vote(rid, reply.epoch)
+
     def start_run(self, rid: int, mode: str, epoch: int | None = None) -> None:
         self.serial += 1
         run = rec.Recovering(
@@ -210,10 +235,14 @@ class World(Sim):
         answer: rep.PeerLog | BazaarError
         try:
             if epoch is not None:
-                self.perform(dst, self.machines[dst].on_promise(src, epoch))
+                self.perform(dst, self.machines[dst].on_promise(src, epoch))  # saved first
         except BazaarError as err:
             answer = err
         else:
+            if dst in self.down:
+                return  # it died between the save and the reply
+            if epoch is not None:
+                self.check_vote(dst, epoch, src)
             self.flush(dst)  # a promise waits for the records in flight
             log = MemoryLog(self.disk[dst])
             last = len(self.disk[dst]) - 1
@@ -324,12 +353,17 @@ class World(Sim):
             m = self.machines[r]
             was = (m.role, m.epoch)
             try:
-                self.perform(r, m.on_set_leader(leader, epoch))
+                self.perform(r, m.on_set_leader(leader, epoch))  # saved first
             except BazaarError as err:
                 self.fe_epoch[fe] = max(self.fe_epoch[fe], err.details.get("epoch", 0))
                 if r == leader:
                     return
                 continue
+            if r in self.down:  # died between the save and the reply: no answer
+                if r == leader:
+                    return
+                continue
+            self.check_vote(r, epoch, leader)
             if m.role == rep.RECOVERING and was != (rep.RECOVERING, epoch):
                 self.start_run(r, rec.LEAD, epoch)  # what set_leader starts in the service
 
@@ -458,6 +492,7 @@ class World(Sim):
         """Heal every fault, elect, let the wire drain: logs converge, identical and complete."""
         self.cut.clear()
         self.paused.clear()
+        self.faults = False
         self.drop = self.dup = self.reorder = 0.0
         for rid in list(self.down):
             self.restart(rid)

@@ -77,7 +77,17 @@ class Sim:
             elif isinstance(a, rep.Abort):
                 self.aborted.append((rid, a.from_number))
             elif isinstance(a, rep.SaveState):
+                # Saved at once and durably, as the service does (under its lock),
+                # and only then does the machine move to the new epoch.
                 self.saved[rid] = (a.epoch, a.leader)
+                self.perform(rid, self.machines[rid].on_saved(a.epoch, a.leader))
+                self.after_save(rid)
+
+    def after_save(self, rid: int) -> None:
+        """Hook: the simulation may crash a replica between a save and its reply."""
+
+    def replying(self, rid: int, reply: rep.ReplicateReply) -> None:
+        """Hook: a `replicate` reply is about to leave `rid`."""
 
     def put(self, message: tuple) -> None:
         if self.rng.random() < self.drop:
@@ -114,11 +124,17 @@ class Sim:
         if kind == "replicate":
             try:
                 actions, reply = machine.on_replicate(payload)
+                if reply is None:  # a new epoch: saved first, then the batch again
+                    self.perform(dst, actions)
+                    if dst in self.down:
+                        return True  # it died between the save and the reply
+                    actions, reply = machine.on_replicate(payload)
             except BazaarError as err:
                 self.put((dst, src, "reply", err))
                 return True
             self.perform(dst, actions)
             self.flush(dst)  # the reply leaves only once the records are durable
+            self.replying(dst, reply)
             self.put((dst, src, "reply", reply))
         else:
             self.perform(dst, machine.on_reply(src, payload, self.now))

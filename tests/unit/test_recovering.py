@@ -38,7 +38,9 @@ class Disk:
                 self.queued.append(a)
             elif isinstance(a, rep.Acknowledge):
                 self.acked = a.upto
-            elif not isinstance(a, rep.Send | rep.SaveState | rep.Abort):
+            elif isinstance(a, rep.SaveState):  # saved at once, as the service does
+                requests += self.take(self.m.on_saved(a.epoch, a.leader))
+            elif not isinstance(a, rep.Send | rep.Abort):
                 requests.append(a)
         return requests
 

@@ -22,18 +22,59 @@ def r(n: int, epoch: int = 1, key: str | None = None) -> Record:
 
 
 # ---- epochs ----------------------------------------------------------------------
+def accept(m: rep.Replica, leader: int, epoch: int) -> list:
+    """What the service does with `set_leader`: save the epoch, then tell the machine."""
+    actions = m.on_set_leader(leader, epoch)
+    assert actions in ([], [rep.SaveState(epoch, leader)])
+    return m.on_saved(epoch, leader) if actions else []
+
+
 def test_set_leader_accepts_growing_epochs_and_refuses_stale_ones():
     m = rep.Replica(1, [1, 2, 3], MemoryLog([]))
     assert m.on_set_leader(3, 1) == [rep.SaveState(1, 3)]
+    m.on_saved(1, 3)
     assert m.on_set_leader(3, 1) == []  # the same election again: nothing changes
     with pytest.raises(BazaarError) as err:
         m.on_set_leader(2, 1)  # same epoch, another leader
     assert err.value.code == "ABORTED" and err.value.details == {"epoch": 1}
-    m.on_set_leader(2, 5)
+    accept(m, 2, 5)
     with pytest.raises(BazaarError) as err:
         m.on_set_leader(3, 4)
     assert err.value.details == {"epoch": 5}
     assert (m.epoch, m.leader, m.role) == (5, 2, rep.FOLLOWER)
+
+
+def test_an_epoch_is_accepted_only_once_saved():
+    """Two steps: SaveState alone (nothing moves), then on_saved; a failed save
+    (on_saved never comes) leaves the machine where it was, yet refuses older epochs."""
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0)]), epoch=1, leader=3)
+    msg = rep.Replicate(2, 2, 0, 1, (r(1, 2),))
+    actions, reply = m.on_replicate(msg)
+    assert actions == [rep.SaveState(2, 2)] and reply is None
+    assert (m.epoch, m.leader, m.last_number) == (1, 3, 0)  # nothing moved yet
+    with pytest.raises(BazaarError) as err:  # the save is pending: epoch 1 is stale already
+        m.on_replicate(rep.Replicate(1, 3, 0, 1, (r(1, 1),)))
+    assert err.value.details == {"epoch": 2}
+    assert m.on_promise(2, 2) == [rep.SaveState(2, 2)]  # not saved yet: asked again, no vote
+    assert m.on_saved(2, 2) == []
+    assert (m.epoch, m.leader) == (2, 2) and m.pending_state is None
+    actions, reply = m.on_replicate(msg)
+    assert actions == [rep.Persist((r(1, 2),))] and reply.ok and reply.epoch == 2
+    assert m.on_promise(2, 2) == []  # saved: the promise may leave
+
+
+def test_a_leader_steps_down_only_once_the_newer_epoch_is_saved():
+    sim = Sim()
+    sim.elect(3, 1)
+    sim.run()
+    sim.propose(3, "x")
+    m = sim.machines[3]
+    assert m.on_set_leader(2, 2) == [rep.SaveState(2, 2)]
+    assert m.role == rep.LEADER
+    (abort,) = m.on_saved(2, 2)
+    assert abort.from_number == 0 and abort.error.details["not_leader"]
+    assert m.role == rep.FOLLOWER and m.on_saved(1, 3) == []  # a late, older save: ignored
+    assert (m.epoch, m.leader) == (2, 2)
 
 
 def test_replicate_from_a_stale_epoch_is_aborted_and_changes_nothing():
@@ -46,7 +87,7 @@ def test_replicate_from_a_stale_epoch_is_aborted_and_changes_nothing():
 
 def test_a_replica_named_leader_recovers_before_it_leads():
     m = rep.Replica(3, [1, 2, 3], MemoryLog([]))
-    m.on_set_leader(3, 1)
+    accept(m, 3, 1)
     assert m.role == rep.RECOVERING
     with pytest.raises(BazaarError) as err:
         m.propose("GameStart", "buy", 1, "k", None, 0.0)
@@ -80,8 +121,10 @@ def test_duplicates_are_ignored():
 
 def test_conflicting_tail_of_an_old_leader_is_truncated():
     m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1, 1), r(2, 1)]), epoch=1, leader=3)
-    actions, reply = m.on_replicate(rep.Replicate(2, 2, 0, 1, (r(1, 2),)))
-    assert actions[0] == rep.SaveState(2, 2)
+    msg = rep.Replicate(2, 2, 0, 1, (r(1, 2),))
+    assert m.on_replicate(msg) == ([rep.SaveState(2, 2)], None)
+    m.on_saved(2, 2)
+    actions, reply = m.on_replicate(msg)
     assert rep.Truncate(1) in actions and actions[-1] == rep.Persist((r(1, 2),))
     assert m.records_between(0, m.last_number) == [r(0), r(1, 2)] and reply.ok
 
@@ -183,8 +226,8 @@ def test_a_follower_with_a_newer_epoch_deposes_the_leader():
     sim = Sim()
     sim.elect(3, 1)
     sim.run()
-    sim.machines[1].on_set_leader(2, 2)
-    sim.machines[2].on_set_leader(2, 2)
+    accept(sim.machines[1], 2, 2)
+    accept(sim.machines[2], 2, 2)
     sim.propose(3, "x")
     sim.run()
     assert sim.machines[3].role == rep.FOLLOWER
@@ -198,7 +241,7 @@ def test_a_paused_leader_does_not_take_its_own_silence_for_dead_followers():
     sim.propose(3, "in-flight")
     sim.flush(3)  # durable on 3; the stream to 1 and 2 is on the wire
     for rid in (1, 2):  # meanwhile a new leader was elected
-        sim.machines[rid].on_set_leader(2, 2)
+        accept(sim.machines[rid], 2, 2)
     sim.tick(5.0, step=5.0)  # SIGCONT after five seconds: the first tick sees a big gap
     assert sim.acked[3] == -1
     sim.run()  # the followers answer ABORTED: 3 steps down
@@ -278,8 +321,8 @@ def test_failover_new_leader_adopts_then_old_leader_is_repaired():
     # 2 is elected: plan_catch_up over 1's log changes nothing (same log).
     truncate, best = rep.plan_catch_up(sim.machines[2], [_peer_log(sim.machines[1])])
     assert best is None
-    sim.machines[1].on_set_leader(2, 2)
-    sim.machines[2].on_set_leader(2, 2)
+    accept(sim.machines[1], 2, 2)
+    accept(sim.machines[2], 2, 2)
     sim.perform(2, sim.machines[2].start_leading(sim.now))
     sim.run()
     sim.propose(2, "b0")
