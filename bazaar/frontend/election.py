@@ -50,17 +50,45 @@ def answered_epoch(value: Any) -> int:
     return value if is_int(value) and 1 <= value <= MAX_EPOCH else 0
 
 
+RECOVERY_GRACE = 3.0  # seconds a recovering leader may report `majority: false`
+
+
+def without_majority(st: dict[str, Any]) -> bool:
+    """The replica leads (or recovers) and its `status` says it cannot commit.
+
+    A leader that serves (`role: leader`) and reports `majority: false` lost
+    its followers: it is replaced as promptly as ever. A leader still
+    recovering reports `majority: false` once a promise round ended without
+    a majority; under load its rounds (and the catalog's fence) take longer,
+    and deposing it then only costs another election and another recovery
+    (test_paused_leader_is_fenced saw one). So it gets RECOVERY_GRACE
+    seconds from the start of its recovery (`recovering_for`, its own
+    clock) before that counts, but no more: a leader that cannot gather
+    its majority is replaced within the grace plus the usual two checks.
+    A status without `recovering_for` gets no grace.
+    """
+    if st.get("majority") is not False:
+        return False
+    role = st.get("role")
+    if role == "recovering":
+        took = st.get("recovering_for")
+        in_grace = isinstance(took, int | float) and not isinstance(took, bool)
+        return not (in_grace and 0 <= took < RECOVERY_GRACE)
+    return role in (None, "leader")
+
+
 def serving_leader(
     live: dict[int, dict[str, Any]], top_epoch: int, suspected: Callable[[int], bool]
 ) -> int | None:
-    """A live replica that leads `top_epoch` and has (or is gathering) its majority."""
+    """A live replica that leads `top_epoch` and has (or, within its grace, is gathering)
+    its majority."""
     for rid, st in live.items():
         if (
             top_epoch > 0
             and st.get("leader") == rid
             and answered_epoch(st.get("epoch")) == top_epoch
             and st.get("role") in (None, "leader", "recovering")
-            and st.get("majority") is not False
+            and not without_majority(st)
             and not suspected(rid)
         ):
             return rid

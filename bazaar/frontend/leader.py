@@ -25,8 +25,10 @@ The front end is the single election authority (SPEC section 3, as in the seed).
   with backoff. All of it within one overall deadline, then the last error
   (503/504) goes out;
 - a monitor thread that elects when no leader is known, notices a leader that
-  stopped answering or lost its majority, and tells replicas that missed a
-  `set_leader` (restarted, were down during the election) who leads.
+  stopped answering or lost its majority (a leader still recovering gets a
+  bounded grace first: `election.without_majority`), and tells replicas
+  that missed a `set_leader` (restarted, were down during the election) who
+  leads.
 
 It never decides HTTP statuses: it raises `BazaarError` and the app maps it.
 The election's pure rules (which replica to keep, whom to appoint, the
@@ -43,7 +45,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bazaar.errors import BazaarError
-from bazaar.frontend.election import Backoff, answered_epoch, candidates, serving_leader
+from bazaar.frontend.election import (
+    Backoff,
+    answered_epoch,
+    candidates,
+    serving_leader,
+    without_majority,
+)
 from bazaar.rpc import Client
 from bazaar.security import Keys, replica_role
 from bazaar.wire import MAX_EPOCH
@@ -337,7 +345,7 @@ class OrderRouter:
         lost_majority = (
             st is not None
             and st.get("role") in ("leader", "recovering")
-            and st.get("majority") is False
+            and without_majority(st)  # a recovering leader gets its grace first
         )
         if (
             st is None

@@ -286,4 +286,10 @@ class Handlers:
             ),
             "followers": followers,
             "disk_error": self._disk_error.message if self._disk_error else None,
+            # How long our latest election's recovery has run (the front end's grace).
+            "recovering_for": (
+                round(max(0.0, time.monotonic() - self._recovery.started), 3)
+                if role == rep.RECOVERING and self._recovery is not None
+                else None
+            ),
         }

@@ -143,6 +143,7 @@ class Recovering:
         self.ask_timeout = ask_timeout
         self.wait_timeout = wait_timeout
         self.round = 0
+        self.started = float("inf")  # when `start` ran
         self.phase = ""
         self.note = "starting recovery"
         self.promised: bool | None = None  # lead: None until a promise round ended
@@ -173,6 +174,7 @@ class Recovering:
 
     # ---- events --------------------------------------------------------------------
     def start(self, now: float) -> list:
+        self.started = now
         if self.mode == RECONCILE:
             return self._fetch_trades(None, now)
         return self._ask(now)

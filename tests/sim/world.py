@@ -326,6 +326,11 @@ class World(Sim):
                 if m.role == rep.RECOVERING and lead_run is not None
                 else None
             ),
+            "recovering_for": (
+                self.now - lead_run.started
+                if role == rep.RECOVERING and lead_run is not None
+                else None
+            ),
         }
 
     def elect(self, fe: int, spurious: float = 0.1) -> None:

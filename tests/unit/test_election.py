@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from bazaar.frontend.election import answered_epoch, candidates, serving_leader
+from bazaar.frontend.election import (
+    RECOVERY_GRACE,
+    answered_epoch,
+    candidates,
+    serving_leader,
+    without_majority,
+)
 from bazaar.wire import MAX_EPOCH
 
 
@@ -54,3 +60,20 @@ def test_candidates_rank_by_log_then_id_with_suspects_last():
 def test_epoch_of_takes_only_real_epochs():
     assert [answered_epoch(v) for v in (1, 7, MAX_EPOCH)] == [1, 7, MAX_EPOCH]
     assert [answered_epoch(v) for v in (0, -1, MAX_EPOCH + 1, True, 2.0, "3", None)] == [0] * 7
+
+
+def test_a_recovering_leader_gets_a_bounded_grace_and_a_serving_one_none():
+    recovering = status(2, leader=2, epoch=4, role="recovering", majority=False)
+    assert without_majority({**recovering, "recovering_for": 0.5}) is False
+    assert without_majority({**recovering, "recovering_for": RECOVERY_GRACE - 0.01}) is False
+    assert without_majority({**recovering, "recovering_for": RECOVERY_GRACE}) is True
+    assert without_majority(recovering) is True  # no recovering_for: no grace
+    for junk in (-1, True, "1", None):
+        assert without_majority({**recovering, "recovering_for": junk}) is True
+    serving = status(2, leader=2, epoch=4, role="leader", majority=False, recovering_for=0.1)
+    assert without_majority(serving) is True  # lost its followers: no grace
+    assert without_majority({**recovering, "majority": None}) is False  # first round still out
+    live = {2: {**recovering, "recovering_for": 1.0}}
+    assert serving_leader(live, 4, nobody) == 2  # kept within its grace
+    live[2]["recovering_for"] = 5.0
+    assert serving_leader(live, 4, nobody) is None

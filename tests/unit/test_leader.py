@@ -280,3 +280,49 @@ def test_a_leader_that_keeps_failing_costs_few_epochs(make_router):
     with pytest.raises(BazaarError):
         router.order("k", "GameStart", "buy", 1)
     assert router.epoch <= 15, router.epoch
+
+
+def test_a_recovering_leader_without_promises_yet_is_not_deposed_within_its_grace(make_router):
+    """Under load a leader's promise round can end without a majority twice in a
+    row; within RECOVERY_GRACE the monitor keeps it, after it elects again."""
+    r1, r2, r3 = FakeReplica(1, 4, 3), FakeReplica(2, 4, 3), FakeReplica(3, 4, 3)
+    r3.role, r3.majority = "recovering", False
+    router = make_router(r1, r2, r3)
+    router._current = (3, 4)
+    grace = {"recovering_for": 1.0}
+    original = r3.call_args
+
+    def status_with_grace(method, args, **kw):
+        result = original(method, args, **kw)
+        return {**result, **grace} if method == "status" else result
+
+    r3.call_args = status_with_grace
+    for _ in range(3):
+        router.check()
+    assert router.leader == 3 and router.elections == 0
+    grace["recovering_for"] = 4.0  # it has had its time: replaced after two checks
+    router.check()
+    router.check()
+    assert router.elections == 1 and router.leader != 3
+
+
+def test_a_serving_leader_that_lost_its_majority_is_deposed_after_two_checks(make_router):
+    r1, r2, r3 = FakeReplica(1, 4, 3), FakeReplica(2, 4, 3), FakeReplica(3, 4, 3)
+    r3.role, r3.majority = "leader", False
+    router = make_router(r1, r2, r3)
+    router._current = (3, 4)
+    router.check()
+    assert router.elections == 0
+    router.check()
+    assert router.elections == 1 and router.leader != 3
+
+
+def test_a_leader_that_does_not_answer_is_replaced_after_two_checks(make_router):
+    r1, r2, r3 = FakeReplica(1, 4, 3), FakeReplica(2, 4, 3), FakeReplica(3, 4, 3)
+    r3.role, r3.majority = "recovering", None
+    router = make_router(r1, r2, r3)
+    router._current = (3, 4)
+    r3.down = True  # dead or cut off from the front end: no grace
+    router.check()
+    router.check()
+    assert router.elections == 1 and router.leader in (1, 2)
