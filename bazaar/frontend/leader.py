@@ -14,9 +14,11 @@ The front end is the single election authority (SPEC section 3, as in the seed).
   leader that just lacked a majority last; it gets `set_leader` with an
   epoch above every epoch seen, then the others are told. The leader itself
   serves only once a majority promised its epoch (bazaar.order.service);
-- back-off: elections follow each other only after a randomised, growing
-  pause (`Backoff`), so an outage or a leader that keeps failing never
-  burns thousands of epochs; epochs stay in 1..2^53-1;
+- back-off: elections that spend an epoch follow each other only after a
+  randomised, growing pause (`Backoff`), so a leader that keeps failing
+  never burns thousands of epochs; a round that finds no majority spends
+  nothing and is paced by its own status calls, so the first election
+  after a majority is back is not held up; epochs stay in 1..2^53-1;
 - `order` / `get_order` with failover: a local failure (timeout, unreachable),
   a `not_leader` answer, ABORTED (fenced) or a leader without a majority
   leads to an election and a retry with the same order key, so the client
@@ -222,7 +224,6 @@ class OrderRouter:
                     raise BazaarError("UNAVAILABLE", "leader election backing off after failures")
                 if self._stop.wait(pause):
                     raise BazaarError("UNAVAILABLE", "front end is shutting down")
-            self.backoff.started(time.monotonic())
             self.elections += 1
             return self._elect_locked()
         finally:
@@ -250,6 +251,11 @@ class OrderRouter:
                 return self._current
             if top_epoch >= MAX_EPOCH:
                 raise BazaarError("UNAVAILABLE", "order epochs exhausted (2^53-1)")
+            # Only a round that spends an epoch grows the back-off: one that found
+            # no majority (or kept a leader) spent nothing, and pacing it would
+            # only delay the election once the majority is back (SPEC: orders
+            # within 1 s of that).
+            self.backoff.started(time.monotonic())
             result = self._appoint(candidates(live, self._suspected), top_epoch + 1)
             if result is None:
                 continue

@@ -42,6 +42,7 @@ class Traders:
     cluster: Cluster
     seed: int
     acked: dict[int, tuple] = field(default_factory=dict)  # number -> (key, name, type, qty)
+    acked_at: list[float] = field(default_factory=list)  # time.monotonic() of each ack, in order
     dup_numbers: list = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -82,7 +83,9 @@ class Traders:
 
     def _record(self, number: int, key: str, order: dict) -> None:
         entry = (key, order["name"], order["type"], order["quantity"])
+        now = time.monotonic()
         with self.lock:
+            self.acked_at.append(now)
             if number in self.acked and self.acked[number][0] != key:
                 self.dup_numbers.append((number, self.acked[number], entry))
             self.acked[number] = entry
@@ -94,6 +97,11 @@ class Traders:
     def numbers(self) -> set[int]:
         with self.lock:
             return set(self.acked)
+
+    def first_ack_after(self, moment: float) -> float | None:
+        """When the first acknowledgement after `moment` (time.monotonic()) arrived, if any."""
+        with self.lock:
+            return next((t for t in self.acked_at if t > moment), None)
 
     def refusals(self) -> int:
         """Answers so far that were neither an acknowledgement nor a clear 400/404."""

@@ -89,13 +89,16 @@ def test_minority_side_with_the_front_end_takes_no_orders(net_cluster, traders):
     acked = traders.numbers()
     alone = sorted(n for n in acked if n > durable)
     assert not alone, f"acknowledged without a majority: {alone}"
-    healed = time.monotonic()
+    # SPEC section 4.1: orders are taken within 1 s of a majority and the catalog
+    # being back. The clock starts when the heal returns (every rule gone) and
+    # stops at the first acknowledgement a client receives after it.
     net.heal()
+    healed = time.monotonic()
     traders.wait_progress(1)
-    resumed = time.monotonic() - healed
-    print(f"orders resumed {resumed:.2f} s after the heal")
-    limit = wall_budget(5.0)
-    assert resumed < limit, f"orders resumed only {resumed:.2f} s after the heal (SPEC: 1 s)"
+    resumed = traders.first_ack_after(healed) - healed
+    limit = wall_budget(1.0)
+    print(f"orders resumed {resumed:.3f} s after the majority was back (budget {limit:.2f} s)")
+    assert resumed < limit, f"orders resumed {resumed:.2f} s after the heal (SPEC: 1 s)"
     traders.wait_progress(20)
     traders.finish()
     check_invariants(net_cluster, traders)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bazaar.errors import BazaarError
@@ -326,3 +328,18 @@ def test_a_leader_that_does_not_answer_is_replaced_after_two_checks(make_router)
     router.check()
     router.check()
     assert router.elections == 1 and router.leader in (1, 2)
+
+
+def test_a_round_without_a_majority_does_not_grow_the_back_off(make_router):
+    """No epoch spent, nothing to pace: once the majority is back the election runs
+    at once (SPEC: orders within 1 s), while elections that spend epochs back off."""
+    r1, r2, r3 = FakeReplica(1), FakeReplica(2), FakeReplica(3)
+    r2.down = r3.down = True
+    router = make_router(r1, r2, r3)
+    for _ in range(5):
+        with pytest.raises(BazaarError):
+            router.elect((None, 0))
+    assert router.backoff.wait(time.monotonic()) == 0.0 and r1.set_leader_calls() == []
+    r2.down = r3.down = False
+    assert router.elect((None, 0)) == (3, 1)
+    assert router.backoff.wait(time.monotonic()) > 0  # an epoch was spent: the next one waits
