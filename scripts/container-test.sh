@@ -23,7 +23,18 @@
 #      base) scrapes the five through deploy/prometheus/prometheus.yml: its
 #      HTTP API (published on loopback) shows every target up, one order
 #      leader, orders counted and every alert rule loaded; after the leader
-#      kill, the front end's election counter has risen.
+#      kill, the front end's election counter has risen;
+#  10. the docs' compose commands run as written (blocks marked
+#      `<!-- test: compose-... -->` in docs/deploy.md and docs/protocol.md,
+#      extracted as tests/ do): ps, logs, /health, Prometheus's API,
+#      `docker compose exec frontend bazaar call ...`, and the compose backup
+#      while clients trade; after the stack stops, the compose restore on a
+#      "new host" (a new project: fresh volumes, new keys) brings back every
+#      acknowledged order, a gapless log and a market that matches it.
+#      Mapping: `docker compose` -> podman-compose (exec without a terminal
+#      gets -T, as docker compose does; cp -> podman cp on the service's
+#      container, podman-compose has none), `aws s3 cp` -> a local directory,
+#      localhost:8080/9090 -> the ports published here, <placeholders> filled.
 #
 # Everything (containers, images, volumes, networks, netns, firewall chains,
 # temp storage) is removed on exit, failed or not. Where podman cannot run
@@ -83,14 +94,17 @@ WORK="$(mktemp -d /tmp/bazaar-ct.XXXXXX)"
 source "$ROOT/scripts/podman-env.sh" "$WORK/podman"
 PROJECT="bazaarct$$"
 IMAGE="localhost/stock-bazaar:ct$$"
-read -r PORT PROM_PORT < <("$VENV/bin/python" -c 'from bazaar.testing.ports import free_port; print(free_port(), free_port())')
+read -r PORT PROM_PORT NEW_PORT < <("$VENV/bin/python" -c 'from bazaar.testing.ports import free_port as f; print(f(), f(), f())')
 URL="http://127.0.0.1:$PORT"
 PROM_URL="http://127.0.0.1:$PROM_PORT"
+NEW_PROJECT="${PROJECT}new"  # the restore's "new host"
+NEW_URL="http://127.0.0.1:$NEW_PORT"
 CHECK=("$VENV/bin/python" "$ROOT/scripts/container_check.py")
 COMPOSE=("$PODMAN_COMPOSE" --project-name "$PROJECT" --profile monitoring --file "$ROOT/docker-compose.yml")
 export BAZAAR_IMAGE="$IMAGE" BAZAAR_HTTP_PUBLISH="127.0.0.1:$PORT" BAZAAR_PROMETHEUS_PUBLISH="127.0.0.1:$PROM_PORT"
 compose_up=
 prom_pid=
+trade_pid=
 
 cleanup() {
     local rc=$?
@@ -107,11 +121,13 @@ cleanup() {
             exit "$rc"
         fi
     fi
-    if [[ -n "$prom_pid" ]] && kill -0 "$prom_pid" 2>/dev/null; then  # the image job, still going
-        pkill -TERM -P "$prom_pid" 2>/dev/null
-        kill -TERM "$prom_pid" 2>/dev/null
-        wait "$prom_pid" 2>/dev/null
-    fi
+    touch "$WORK/stop-trading"
+    for pid in $prom_pid $trade_pid; do  # background jobs still going: the image, the traders
+        kill -0 "$pid" 2>/dev/null || continue
+        pkill -TERM -P "$pid" 2>/dev/null
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     say "teardown: containers, volumes, networks, images, storage, host leftovers"
     [[ -n "$compose_up" ]] && timeout 60 "${COMPOSE[@]}" down --volumes --timeout 2 >/dev/null 2>&1
     podman_env_teardown
@@ -235,9 +251,76 @@ quick_stop "${PROJECT}-sig" catalog
 podman rm -f -v "${PROJECT}-sig" >/dev/null
 
 # ---------------------------------------------------------------- the stack
-ctr() {  # container name of compose service $1
-    podman ps -a --filter "label=io.podman.compose.project=$PROJECT" \
+ctr() {  # container name of compose service $1 (of project $2, default this test's)
+    podman ps -a --filter "label=io.podman.compose.project=${2:-$PROJECT}" \
         --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1
+}
+
+# ---- the docs' compose commands, as written (header, 10)
+# Defined here, run inside doc_run's script (declare -f): `docker compose`
+# and `aws s3 cp` as the docs use them.
+docker() {
+    [[ "${1:-}" == compose ]] || { echo "doc_run: only 'docker compose' is mapped, not 'docker $*'" >&2; return 2; }
+    shift
+    local a=() x
+    case "${1:-}" in
+        cp)  # podman-compose has no cp: podman cp on the service's container
+            shift
+            for x in "$@"; do
+                if [[ "$x" =~ ^([a-z0-9_-]+):(/.*)$ ]]; then
+                    a+=("$(command podman ps -a --filter "label=io.podman.compose.project=$DOC_PROJECT" \
+                        --filter "label=com.docker.compose.service=${BASH_REMATCH[1]}" --format '{{.Names}}' | head -1):${BASH_REMATCH[2]}")
+                else
+                    a+=("$x")
+                fi
+            done
+            command podman cp "${a[@]}"
+            ;;
+        exec)  # docker compose exec allocates no TTY where there is none
+            shift
+            [[ -t 0 && -t 1 ]] || a=(-T)
+            "${DOC_COMPOSE[@]}" exec "${a[@]}" "$@"
+            ;;
+        *) "${DOC_COMPOSE[@]}" "$@" ;;
+    esac
+}
+aws() {  # `aws s3 cp SRC DST`, s3://BUCKET/KEY being $DOC_S3/BUCKET/KEY
+    [[ "${1:-} ${2:-}" == "s3 cp" && $# -eq 4 ]] || { echo "doc_run: only 'aws s3 cp SRC DST' is mapped, not 'aws $*'" >&2; return 2; }
+    local src="$3" dst="$4"
+    [[ "$src" != s3://* ]] || src="$DOC_S3/${src#s3://}"
+    if [[ "$dst" == s3://* ]]; then
+        dst="$DOC_S3/${dst#s3://}"
+        if [[ "$dst" == */ ]]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; fi
+    fi
+    cp "$src" "$dst"
+}
+# doc_run FILE MARKER DIR PROJECT PORT COMPOSE...: the ```sh block after
+# `<!-- test: MARKER -->` in FILE, run by `bash -euo pipefail` in DIR, with
+# `docker compose` being COMPOSE... (podman-compose for PROJECT) and the front
+# end published on PORT. Its output goes to stdout.
+DOC_DATE=
+doc_run() {
+    local file="$1" marker="$2" dir="$3" project="$4" port="$5" block script
+    shift 5
+    block="$("${CHECK[@]}" doc-block "$file" "$marker")" || die "no block <!-- test: $marker --> in $file"
+    block="${block//localhost:8080/127.0.0.1:$port}"
+    block="${block//localhost:9090/127.0.0.1:$PROM_PORT}"
+    block="${block//"<bucket>"/ct-bucket}"
+    block="${block//"<yyyy-mm-dd>"/$DOC_DATE}"
+    if grep -qE '<[A-Za-z][^<>]*>' <<<"$block"; then
+        die "$file ($marker) has a placeholder this test does not fill: $(grep -oE '<[A-Za-z][^<>]*>' <<<"$block" | head -1)"
+    fi
+    script="$WORK/doc-$marker.sh"
+    {
+        echo "DOC_COMPOSE=($(printf '%q ' "$@"))"
+        echo "DOC_PROJECT=$(printf %q "$project") DOC_S3=$(printf %q "$WORK/s3")"
+        declare -f docker aws
+        printf '%s\n' "$block"
+    } >"$script"
+    mkdir -p "$dir" "$WORK/s3"
+    say "  $file, block $marker:"
+    sed 's/^/      | /' <<<"$block" >&2
+    (cd "$dir" && BAZAAR_HTTP_PUBLISH="127.0.0.1:$port" bash -euo pipefail "$script")
 }
 say "podman-compose up (project $PROJECT, front end on $URL)"
 compose_up=1
@@ -401,7 +484,85 @@ for i in 1 2 3; do
 done
 "${CHECK[@]}" same-files "${logs[@]}" >&2 || die "order logs differ between replicas"
 
+say "the docs' compose commands on the running stack: ps, logs, /health, Prometheus, bazaar call"
+HOST_A="$WORK/host-a"
+doc_run docs/deploy.md compose-ops "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-ops.out" 2>&1 \
+    || { cat "$WORK/doc-ops.out" >&2; die "docs/deploy.md's compose-ops commands fail"; }
+for s in catalog order1 order2 order3 frontend; do
+    grep -q "${PROJECT}_${s}_1" "$WORK/doc-ops.out" || { cat "$WORK/doc-ops.out" >&2; die "docker compose ps does not list $s"; }
+done
+grep -qx ok "$WORK/doc-ops.out" || { cat "$WORK/doc-ops.out" >&2; die "the documented /health line did not print ok"; }
+doc_run docs/deploy.md compose-monitoring "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-prom.out" 2>&1 \
+    || { cat "$WORK/doc-prom.out" >&2; die "docs/deploy.md's Prometheus commands fail"; }
+[[ "$(grep -c '"health": "up"' "$WORK/doc-prom.out")" == 5 ]] && grep -q '"value":\[[0-9.]*,"1"\]' "$WORK/doc-prom.out" \
+    && grep -q '"name": "BazaarNoOrderLeader"' "$WORK/doc-prom.out" \
+    || { cat "$WORK/doc-prom.out" >&2; die "the documented Prometheus checks do not show five targets up, one leader, the alerts"; }
+doc_run docs/protocol.md compose-call "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-call.out" 2>&1 \
+    || { cat "$WORK/doc-call.out" >&2; die "docs/protocol.md's docker compose exec ... bazaar call fails"; }
+grep -q '"name": "GameStart"' "$WORK/doc-call.out" && grep -q '"epoch"' "$WORK/doc-call.out" \
+    || { cat "$WORK/doc-call.out" >&2; die "bazaar call in the frontend container: no lookup or status in the output"; }
+sed 's/^/    /' "$WORK/doc-call.out" | head -12 >&2
+
+say "the documented compose backup (docs/deploy.md) while clients trade"
+"${CHECK[@]}" place "$URL" 20 "$WORK/pre-backup.json" >&2 || die "could not place orders before the backup"
+(   # traders: verified load runs back to back until told to stop
+    runs=0
+    while [[ ! -e "$WORK/stop-trading" ]]; do
+        "$VENV/bin/bazaar" load --url "$URL" --sessions 3 --requests 60 -p 0.8 >>"$WORK/load3.log" 2>&1 || exit 1
+        runs=$((runs + 1))
+        echo "$runs" >"$WORK/trading-runs"
+    done
+) &
+trade_pid=$!
+doc_run docs/deploy.md compose-backup "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-backup.out" 2>&1 \
+    || { cat "$WORK/doc-backup.out" >&2; die "docs/deploy.md's compose backup fails"; }
+touch "$WORK/stop-trading"
+wait "$trade_pid" || { tail -20 "$WORK/load3.log" >&2; die "trading during the backup failed (errors or a verification mismatch)"; }
+trade_pid=
+sed 's/^/    /' "$WORK/doc-backup.out" >&2
+say "  $(cat "$WORK/trading-runs" 2>/dev/null || echo 0) verified load runs during the backup"
+grep -qE 'orders-1\.db: [0-9]+ records' "$WORK/doc-backup.out" && grep -qE 'catalog\.db: [0-9]+ trades' "$WORK/doc-backup.out" \
+    || die "the backup did not report the order logs and the catalog"
+archives=("$WORK"/s3/ct-bucket/bazaar/bazaar-*.tgz)
+[[ ${#archives[@]} == 1 && -s "${archives[0]}" ]] || die "the backup put no single archive in the bucket: ${archives[*]}"
+DOC_DATE="$(basename "${archives[0]}" .tgz)" && DOC_DATE="${DOC_DATE#bazaar-}"
+say "  s3://ct-bucket/bazaar/$(basename "${archives[0]}"): $(tar -tzf "${archives[0]}" | grep -c '\.db$') databases"
+
 say "SIGTERM stops every service quickly"
 for s in frontend order1 order2 order3 catalog; do
     quick_stop "$(ctr "$s")" "$s"
 done
+
+say "the documented compose restore (docs/deploy.md) on a new host: project $NEW_PROJECT, fresh volumes"
+NEW_COMPOSE=("$PODMAN_COMPOSE" --project-name "$NEW_PROJECT" --file "$ROOT/docker-compose.yml")
+podman volume ls --format '{{.Name}}' | grep -q "^${NEW_PROJECT}_" && die "the new project's volumes exist before the restore"
+doc_run docs/deploy.md compose-restore "$WORK/host-b" "$NEW_PROJECT" "$NEW_PORT" "${NEW_COMPOSE[@]}" >"$WORK/doc-restore.out" 2>&1 \
+    || { tail -40 "$WORK/doc-restore.out" >&2; die "docs/deploy.md's compose restore fails"; }
+"${CHECK[@]}" wait-health "$NEW_URL" --want ok --timeout 120 >/dev/null || die "the restored stack's /health never said ok"
+new_keys="$(podman volume inspect -f '{{.Mountpoint}}' "${NEW_PROJECT}_keys")"
+cmp -s "$keys_vol/catalog.key" "$new_keys/catalog.key" && die "the new host reused the old keys (the keys are not in the backup)"
+say "  restored stack up with new keys; waiting for the three logs to agree and the market to match them"
+acked=("$WORK"/before.json "$WORK"/after.json "$WORK"/after-catalog.json "$WORK"/after-intruder.json "$WORK"/pre-backup.json)
+restored=
+for _ in $(seq 60); do
+    ok=1
+    for i in 1 2 3; do
+        podman exec "$(ctr "order$i" "$NEW_PROJECT")" bazaar export orders >"$WORK/restored-$i.csv" 2>/dev/null || ok=
+    done
+    if [[ -n "$ok" ]] && "${CHECK[@]}" same-files "$WORK"/restored-{1,2,3}.csv >/dev/null \
+        && "${CHECK[@]}" restored "$NEW_URL" "$WORK/restored-1.csv" --acked "${acked[@]}" >"$WORK/restored.json" 2>"$WORK/restored.err"; then
+        restored=1
+        break
+    fi
+    sleep 1
+done
+[[ -n "$restored" ]] || { cat "$WORK/restored.err" >&2; die "the restore lost acknowledged orders or the market does not match the log"; }
+say "  $(cat "$WORK/restored.json")"
+"${CHECK[@]}" place "$NEW_URL" 5 "$WORK/after-restore.json" >"$WORK/after-restore.out" || die "the restored stack takes no orders"
+"$VENV/bin/python" -c '
+import json, sys
+restored = json.load(open(sys.argv[1]))["restored_orders"]
+first = json.load(open(sys.argv[2]))["first"]
+sys.exit(0 if first >= restored else f"new order number {first} reuses a restored one (0..{restored - 1})")
+' "$WORK/restored.json" "$WORK/after-restore.out" || die "the restored stack hands out numbers it already has"
+say "  trading on from there: $(cat "$WORK/after-restore.out")"

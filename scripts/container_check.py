@@ -13,11 +13,15 @@ fails, so the shell script can stay a plain sequence of steps.
     snapshot URL                                       the market and the leader, as JSON
     prometheus PROM_URL --alerts FILE [--targets N]    Prometheus (its HTTP API) sees the stack
         [--elections-above N] [--timeout S]            (below)
+    doc-block FILE MARKER                              the ```sh block after <!-- test: MARKER -->
+    restored URL ORDERS_CSV --acked FILE...            a restored stack holds every acknowledged
+                                                       order, gapless, and a market that matches
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import re
@@ -29,6 +33,7 @@ import urllib.request
 import uuid
 
 STOCKS = ("GameStart", "FishCo", "BoarCo", "MenhirCo")
+SEED_QUANTITY = 100  # of each stock in a new market (bazaar/catalog/market.py)
 
 
 def http(method: str, url: str, body: dict | None = None, headers: dict | None = None):
@@ -264,6 +269,61 @@ def cmd_prometheus(args) -> int:
     return 1
 
 
+def cmd_doc_block(args) -> int:
+    """Print the ```sh block right after `<!-- test: MARKER -->` (as tests/ do for docs)."""
+    with open(args.file) as f:
+        text = f.read()
+    match = re.search(rf"<!-- test: {re.escape(args.marker)} -->\s*```sh\n(.*?)```", text, re.S)
+    if not match:
+        print(
+            f"{args.file} has no ```sh block marked <!-- test: {args.marker} -->", file=sys.stderr
+        )
+        return 1
+    print(match.group(1), end="")
+    return 0
+
+
+def cmd_restored(args) -> int:
+    """One look at a restored stack: its order log (a replica's `bazaar export orders`)
+    is numbered 0..N-1 and holds every acknowledged order unchanged, the front end
+    reads them back, and each stock's quantity and volume are what the log says
+    (seed quantity - buys + sells; buys + sells)."""
+    with open(args.orders) as f:
+        rows = list(csv.DictReader(f))
+    problems = []
+    numbers = [int(r["number"]) for r in rows]
+    if numbers != list(range(len(rows))):
+        problems.append(f"log not numbered 0..{len(rows) - 1}")
+    by_number = {int(r["number"]): r for r in rows}
+    acked = []
+    for path in args.acked:
+        with open(path) as f:
+            acked += json.load(f)
+    for p in acked:
+        got = by_number.get(p["number"])
+        want = {"name": p["name"], "type": p["type"], "quantity": str(p["quantity"])}
+        if got is None or {k: got[k] for k in want} != want:
+            problems.append(f"acknowledged order {p} restored as {got}")
+    for name in STOCKS:
+        mine = [r for r in rows if r["name"] == name]
+        buys = sum(int(r["quantity"]) for r in mine if r["type"] == "buy")
+        sells = sum(int(r["quantity"]) for r in mine if r["type"] == "sell")
+        status, body = http("GET", f"{args.url}/stocks/{name}")
+        data = (body or {}).get("data") if isinstance(body, dict) else None
+        want = {"quantity": SEED_QUANTITY - buys + sells, "volume": buys + sells}
+        if status != 200 or not data or {k: data.get(k) for k in want} != want:
+            problems.append(f"{name}: market says {status} {data}, the log {want}")
+    for p in acked[:: max(1, len(acked) // 10)]:  # a sample through the HTTP API as well
+        status, body = http("GET", f"{args.url}/orders/{p['number']}")
+        if status != 200 or (body or {}).get("data", {}).get("name") != p["name"]:
+            problems.append(f"GET /orders/{p['number']}: {status} {body}")
+    if problems:
+        print(json.dumps({"problems": problems[:10], "count": len(problems)}), file=sys.stderr)
+        return 1
+    print(json.dumps({"restored_orders": len(rows), "acknowledged_checked": len(acked)}))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -302,6 +362,15 @@ def main(argv=None) -> int:
     p.add_argument("--elections-above", type=float, default=-1)
     p.add_argument("--timeout", type=float, default=90)
     p.set_defaults(func=cmd_prometheus)
+    p = sub.add_parser("doc-block")
+    p.add_argument("file")
+    p.add_argument("marker")
+    p.set_defaults(func=cmd_doc_block)
+    p = sub.add_parser("restored")
+    p.add_argument("url")
+    p.add_argument("orders")
+    p.add_argument("--acked", nargs="+", required=True)
+    p.set_defaults(func=cmd_restored)
     args = parser.parse_args(argv)
     return args.func(args)
 
