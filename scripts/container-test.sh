@@ -276,10 +276,11 @@ docker() {
             done
             command podman cp "${a[@]}"
             ;;
-        exec)  # docker compose exec allocates no TTY where there is none
+        exec | run)  # docker compose allocates no TTY where there is none
+            x="$1"
             shift
             [[ -t 0 && -t 1 ]] || a=(-T)
-            "${DOC_COMPOSE[@]}" exec "${a[@]}" "$@"
+            "${DOC_COMPOSE[@]}" "$x" "${a[@]}" "$@"
             ;;
         *) "${DOC_COMPOSE[@]}" "$@" ;;
     esac
@@ -294,14 +295,15 @@ aws() {  # `aws s3 cp SRC DST`, s3://BUCKET/KEY being $DOC_S3/BUCKET/KEY
     fi
     cp "$src" "$dst"
 }
-# doc_run FILE MARKER DIR PROJECT PORT COMPOSE...: the ```sh block after
+# doc_run FILE MARKER DIR PROJECT PORT OUT COMPOSE...: the ```sh block after
 # `<!-- test: MARKER -->` in FILE, run by `bash -euo pipefail` in DIR, with
 # `docker compose` being COMPOSE... (podman-compose for PROJECT) and the front
-# end published on PORT. Its output goes to stdout.
+# end published on PORT; its output (stdout and stderr) goes to OUT. Shows
+# the block, and the tail of OUT when it fails.
 DOC_DATE=
 doc_run() {
-    local file="$1" marker="$2" dir="$3" project="$4" port="$5" block script
-    shift 5
+    local file="$1" marker="$2" dir="$3" project="$4" port="$5" out="$6" block script
+    shift 6
     block="$("${CHECK[@]}" doc-block "$file" "$marker")" || die "no block <!-- test: $marker --> in $file"
     block="${block//localhost:8080/127.0.0.1:$port}"
     block="${block//localhost:9090/127.0.0.1:$PROM_PORT}"
@@ -320,7 +322,8 @@ doc_run() {
     mkdir -p "$dir" "$WORK/s3"
     say "  $file, block $marker:"
     sed 's/^/      | /' <<<"$block" >&2
-    (cd "$dir" && BAZAAR_HTTP_PUBLISH="127.0.0.1:$port" bash -euo pipefail "$script")
+    (cd "$dir" && BAZAAR_HTTP_PUBLISH="127.0.0.1:$port" timeout 300 bash -euo pipefail "$script") >"$out" 2>&1 \
+        || { grep -v 'systemd connection' "$out" | tail -30 >&2; return 1; }
 }
 say "podman-compose up (project $PROJECT, front end on $URL)"
 compose_up=1
@@ -486,22 +489,22 @@ done
 
 say "the docs' compose commands on the running stack: ps, logs, /health, Prometheus, bazaar call"
 HOST_A="$WORK/host-a"
-doc_run docs/deploy.md compose-ops "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-ops.out" 2>&1 \
-    || { cat "$WORK/doc-ops.out" >&2; die "docs/deploy.md's compose-ops commands fail"; }
+doc_run docs/deploy.md compose-ops "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-ops.out" "${COMPOSE[@]}" \
+    || die "docs/deploy.md's compose-ops commands fail"
 for s in catalog order1 order2 order3 frontend; do
     grep -q "${PROJECT}_${s}_1" "$WORK/doc-ops.out" || { cat "$WORK/doc-ops.out" >&2; die "docker compose ps does not list $s"; }
 done
 grep -qx ok "$WORK/doc-ops.out" || { cat "$WORK/doc-ops.out" >&2; die "the documented /health line did not print ok"; }
-doc_run docs/deploy.md compose-monitoring "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-prom.out" 2>&1 \
-    || { cat "$WORK/doc-prom.out" >&2; die "docs/deploy.md's Prometheus commands fail"; }
+doc_run docs/deploy.md compose-monitoring "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-prom.out" "${COMPOSE[@]}" \
+    || die "docs/deploy.md's Prometheus commands fail"
 [[ "$(grep -c '"health": "up"' "$WORK/doc-prom.out")" == 5 ]] && grep -q '"value":\[[0-9.]*,"1"\]' "$WORK/doc-prom.out" \
     && grep -q '"name": "BazaarNoOrderLeader"' "$WORK/doc-prom.out" \
     || { cat "$WORK/doc-prom.out" >&2; die "the documented Prometheus checks do not show five targets up, one leader, the alerts"; }
-doc_run docs/protocol.md compose-call "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-call.out" 2>&1 \
-    || { cat "$WORK/doc-call.out" >&2; die "docs/protocol.md's docker compose exec ... bazaar call fails"; }
+doc_run docs/protocol.md compose-call "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-call.out" "${COMPOSE[@]}" \
+    || die "docs/protocol.md's bazaar call through compose fails"
 grep -q '"name": "GameStart"' "$WORK/doc-call.out" && grep -q '"epoch"' "$WORK/doc-call.out" \
     || { cat "$WORK/doc-call.out" >&2; die "bazaar call in the frontend container: no lookup or status in the output"; }
-sed 's/^/    /' "$WORK/doc-call.out" | head -12 >&2
+grep -E '"(name|role|epoch)"' "$WORK/doc-call.out" | sed 's/^/    /' >&2
 
 say "the documented compose backup (docs/deploy.md) while clients trade"
 "${CHECK[@]}" place "$URL" 20 "$WORK/pre-backup.json" >&2 || die "could not place orders before the backup"
@@ -514,12 +517,12 @@ say "the documented compose backup (docs/deploy.md) while clients trade"
     done
 ) &
 trade_pid=$!
-doc_run docs/deploy.md compose-backup "$HOST_A" "$PROJECT" "$PORT" "${COMPOSE[@]}" >"$WORK/doc-backup.out" 2>&1 \
-    || { cat "$WORK/doc-backup.out" >&2; die "docs/deploy.md's compose backup fails"; }
+doc_run docs/deploy.md compose-backup "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-backup.out" "${COMPOSE[@]}" \
+    || die "docs/deploy.md's compose backup fails"
 touch "$WORK/stop-trading"
 wait "$trade_pid" || { tail -20 "$WORK/load3.log" >&2; die "trading during the backup failed (errors or a verification mismatch)"; }
 trade_pid=
-sed 's/^/    /' "$WORK/doc-backup.out" >&2
+grep -E '\.db: ' "$WORK/doc-backup.out" | sed 's/^/    /' >&2
 say "  $(cat "$WORK/trading-runs" 2>/dev/null || echo 0) verified load runs during the backup"
 grep -qE 'orders-1\.db: [0-9]+ records' "$WORK/doc-backup.out" && grep -qE 'catalog\.db: [0-9]+ trades' "$WORK/doc-backup.out" \
     || die "the backup did not report the order logs and the catalog"
@@ -536,8 +539,8 @@ done
 say "the documented compose restore (docs/deploy.md) on a new host: project $NEW_PROJECT, fresh volumes"
 NEW_COMPOSE=("$PODMAN_COMPOSE" --project-name "$NEW_PROJECT" --file "$ROOT/docker-compose.yml")
 podman volume ls --format '{{.Name}}' | grep -q "^${NEW_PROJECT}_" && die "the new project's volumes exist before the restore"
-doc_run docs/deploy.md compose-restore "$WORK/host-b" "$NEW_PROJECT" "$NEW_PORT" "${NEW_COMPOSE[@]}" >"$WORK/doc-restore.out" 2>&1 \
-    || { tail -40 "$WORK/doc-restore.out" >&2; die "docs/deploy.md's compose restore fails"; }
+doc_run docs/deploy.md compose-restore "$WORK/host-b" "$NEW_PROJECT" "$NEW_PORT" "$WORK/doc-restore.out" "${NEW_COMPOSE[@]}" \
+    || die "docs/deploy.md's compose restore fails"
 "${CHECK[@]}" wait-health "$NEW_URL" --want ok --timeout 120 >/dev/null || die "the restored stack's /health never said ok"
 new_keys="$(podman volume inspect -f '{{.Mountpoint}}' "${NEW_PROJECT}_keys")"
 cmp -s "$keys_vol/catalog.key" "$new_keys/catalog.key" && die "the new host reused the old keys (the keys are not in the backup)"
