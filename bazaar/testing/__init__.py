@@ -9,8 +9,9 @@ watched process dies), `keys` (one CurveZMQ key set per run), `cluster` (the
 five services as processes), `http_client` (one JSON request), `fake_catalog`
 (an RPC server with the catalog's contract), `frontend_fakes` (in-process
 stand-ins for the front end's collaborators), `traders` (trading sessions and
-the SPEC section 4 checks), `procs` (what /proc says of a process), `browser`
-(chromium's path and its offline flags).
+the SPEC section 4 checks), `procs` (what /proc says of a process),
+`makerun` (`make run` as a user runs it: one run-all in a directory, its
+data in ./data), `browser` (chromium's path and its offline flags).
 """
 
 from bazaar.catalog.market import DEFAULT_QUANTITY, DEFAULT_STOCKS
