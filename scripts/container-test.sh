@@ -7,7 +7,8 @@
 #      $BAZAAR_BASE_CACHE) and runs as a non-root user without build tools;
 #   2. one role in a container stops on SIGTERM in well under a second, and
 #      refuses to start without the cluster's keys;
-#   3. the one-shot `keys` service makes the keys (secrets 0600), the five
+#   3. the one-shot `keys` service makes the keys (secrets 0600) and deals
+#      each service its own secret key alone (docker-compose.yml), the five
 #      services come up and /health says ok;
 #   4. `bazaar load` with verification passes; an intruder container on the
 #      compose network, without the keys, gets no answer from any internal
@@ -27,8 +28,9 @@
 #  10. the docs' compose commands run as written (blocks marked
 #      `<!-- test: compose-... -->` in docs/deploy.md and docs/protocol.md,
 #      extracted as tests/ do): ps, logs, /health, Prometheus's API,
-#      `docker compose exec frontend bazaar call ...`, and the compose backup
-#      while clients trade; after the stack stops, the compose restore on a
+#      `docker compose run --rm client ...` (bazaar call), the compose backup
+#      while clients trade, the compose key rotation of one role (with the
+#      restart it asks for); after the stack stops, the compose restore on a
 #      "new host" (a new project: fresh volumes, new keys) brings back every
 #      acknowledged order, a gapless log and a market that matches it.
 #      Mapping: `docker compose` -> podman-compose (exec without a terminal
@@ -356,6 +358,15 @@ for role in catalog order1 order2 order3 frontend client; do
         || die "$role.key_secret is missing from the keys volume or not 0600"
 done
 say "  keys made by the keys service: 6 pairs, secrets 0600"
+# Each service sees the six public keys and its own secret key, nothing else.
+for s in catalog order1 order2 order3 frontend; do
+    want="$(for r in catalog order1 order2 order3 frontend client; do echo "$r.key 444 10001"; done
+            echo "$s.key_secret 400 10001")"
+    got="$(podman exec "$(ctr "$s")" sh -c 'cd /keys && stat -c "%n %a %u" *' | sort)"
+    [[ "$got" == "$(sort <<<"$want")" ]] \
+        || die "$s's /keys should hold the six public keys and its own secret (0400) alone; it holds: $(tr '\n' ' ' <<<"$got")"
+done
+say "  each service's /keys: the six public keys and its own secret key alone"
 
 say "wait for /health ok"
 t_up=$SECONDS
@@ -503,7 +514,7 @@ doc_run docs/deploy.md compose-monitoring "$HOST_A" "$PROJECT" "$PORT" "$WORK/do
 doc_run docs/protocol.md compose-call "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-call.out" "${COMPOSE[@]}" \
     || die "docs/protocol.md's bazaar call through compose fails"
 grep -q '"name": "GameStart"' "$WORK/doc-call.out" && grep -q '"epoch"' "$WORK/doc-call.out" \
-    || { cat "$WORK/doc-call.out" >&2; die "bazaar call in the frontend container: no lookup or status in the output"; }
+    || { cat "$WORK/doc-call.out" >&2; die "bazaar call through the client service: no lookup or status in the output"; }
 grep -E '"(name|role|epoch)"' "$WORK/doc-call.out" | sed 's/^/    /' >&2
 
 say "the documented compose backup (docs/deploy.md) while clients trade"
@@ -531,6 +542,33 @@ archives=("$WORK"/s3/ct-bucket/bazaar/bazaar-*.tgz)
 DOC_DATE="$(basename "${archives[0]}" .tgz)" && DOC_DATE="${DOC_DATE#bazaar-}"
 say "  s3://ct-bucket/bazaar/$(basename "${archives[0]}"): $(tar -tzf "${archives[0]}" | grep -c '\.db$') databases"
 
+say "the documented compose key rotation (docs/security.md): order2's pair, then restart every service"
+keys_before="$WORK/keys-before"
+mkdir -p "$keys_before"
+for s in catalog order1 order2 order3 frontend; do
+    podman exec "$(ctr "$s")" sh -c "cat /keys/$s.key_secret" >"$keys_before/$s.key_secret"
+done
+cp "$keys_vol"/*.key "$keys_before/"
+doc_run docs/security.md compose-rotate "$HOST_A" "$PROJECT" "$PORT" "$WORK/doc-rotate.out" "${COMPOSE[@]}" \
+    || die "docs/security.md's compose rotation fails"
+timeout 120 "${COMPOSE[@]}" restart catalog order1 order2 order3 frontend >"$WORK/restart.log" 2>&1 \
+    || { tail -20 "$WORK/restart.log" >&2; die "docker compose restart (the rotation's step 3) failed"; }
+"${CHECK[@]}" wait-health "$URL" --want ok --timeout 120 >/dev/null || die "/health not ok after the rotation"
+cmp -s "$keys_before/order2.key" "$keys_vol/order2.key" && die "order2's public key did not change"
+for s in catalog order1 order3 frontend; do
+    cmp -s "$keys_before/$s.key" "$keys_vol/$s.key" || die "$s's public key changed in a rotation of order2"
+    podman exec "$(ctr "$s")" sh -c "cat /keys/$s.key_secret" | cmp -s - "$keys_before/$s.key_secret" \
+        || die "$s's secret key changed in a rotation of order2"
+    podman exec "$(ctr "$s")" cat /keys/order2.key | cmp -s - "$keys_vol/order2.key" \
+        || die "$s was not dealt order2's new public key"
+done
+podman exec "$(ctr order2)" sh -c 'cat /keys/order2.key_secret' | cmp -s - "$keys_before/order2.key_secret" \
+    && die "order2 still holds its old secret key"
+for f in before after after-catalog pre-backup; do
+    "${CHECK[@]}" verify "$URL" "$WORK/$f.json" >/dev/null || die "acknowledged orders ($f) lost in the rotation"
+done
+"${CHECK[@]}" place "$URL" 5 "$WORK/after-rotation.json" >&2 || die "orders do not flow after the rotation"
+
 say "SIGTERM stops every service quickly"
 for s in frontend order1 order2 order3 catalog; do
     quick_stop "$(ctr "$s")" "$s"
@@ -546,6 +584,7 @@ new_keys="$(podman volume inspect -f '{{.Mountpoint}}' "${NEW_PROJECT}_keys")"
 cmp -s "$keys_vol/catalog.key" "$new_keys/catalog.key" && die "the new host reused the old keys (the keys are not in the backup)"
 say "  restored stack up with new keys; waiting for the three logs to agree and the market to match them"
 acked=("$WORK"/before.json "$WORK"/after.json "$WORK"/after-catalog.json "$WORK"/after-intruder.json "$WORK"/pre-backup.json)
+# (after-rotation.json: placed after the backup, so not in it)
 restored=
 for _ in $(seq 60); do
     ok=1

@@ -10,8 +10,10 @@ probes, limits and a SIGTERM grace period.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -373,3 +375,57 @@ def test_swarm_pins_each_stateful_service_to_its_own_node():
         )
         port = replicas[str(rid)].rsplit(":", 1)[1]
         assert f"'127.0.0.1', {port})" in service["healthcheck"]["test"][-1]
+
+
+# ---- docker-compose.yml ----------------------------------------------------
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_services_mount_only_their_own_keys_volume():
+    services = compose()["services"]
+    for name in ("catalog", "order1", "order2", "order3", "frontend", "client"):
+        keys = [v for v in services[name]["volumes"] if v.startswith("keys")]
+        assert keys == [f"keys-{name}:/keys:ro"], name
+    # The full set is on `keys`, which only the one-shot mounts.
+    assert [n for n, s in services.items() if "keys:/keys" in s.get("volumes", [])] == ["keys"]
+    assert services["keys"]["volumes"] == ["keys:/keys", *(f"keys-{r}:/roles/{r}" for r in ROLES)]
+    assert set(compose()["volumes"]) >= {"keys", *(f"keys-{r}" for r in ROLES)}
+
+
+def run_compose_keys(tmp_path: Path) -> Path:
+    """The keys service's entrypoint and command, as compose runs them, on tmp dirs."""
+    keys = compose()["services"]["keys"]
+    shell, flags, script, name = keys["entrypoint"]
+    dirs = {"/keys": tmp_path / "keys", "/roles": tmp_path / "roles"}
+    for role in ROLES:
+        (dirs["/roles"] / role).mkdir(parents=True, exist_ok=True)
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    script = script.replace("$$", "$")  # compose's escape of a literal $
+    args = [str(dirs[a]) for a in keys["command"]]
+    subprocess.run([shell, flags, script, name, *args], check=True, env=env, timeout=60)
+    return dirs["/roles"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the keys service runs as root (it chowns)")
+def test_compose_keys_service_deals_each_role_its_own_secret_only(tmp_path):
+    from bazaar import security
+
+    roles = run_compose_keys(tmp_path)
+    dealt = {}
+    for role in ROLES:
+        files = {
+            p.name: (p.stat().st_mode & 0o777, p.stat().st_uid) for p in (roles / role).iterdir()
+        }
+        assert files == {
+            **dict.fromkeys(PUBLIC_KEYS, (0o444, 10001)),
+            f"{role}.key_secret": (0o400, 10001),
+        }, role
+        keys = security.load_keys(roles / role, role)  # a service starts from it
+        assert set(keys.cluster) == set(ROLES)
+        dealt[role] = keys.public
+    # Every later `up` runs it again: same keys, nothing made anew.
+    run_compose_keys(tmp_path)
+    assert {r: security.load_keys(roles / r, r).public for r in ROLES} == dealt
