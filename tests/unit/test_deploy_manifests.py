@@ -429,3 +429,12 @@ def test_compose_keys_service_deals_each_role_its_own_secret_only(tmp_path):
     # Every later `up` runs it again: same keys, nothing made anew.
     run_compose_keys(tmp_path)
     assert {r: security.load_keys(roles / r, r).public for r in ROLES} == dealt
+
+
+def test_compose_healthchecks_need_only_the_services_own_key():
+    """A healthcheck that calls RPC speaks as the service itself (it holds no other key)."""
+    services = compose()["services"]
+    for name in ("catalog", "order1", "order2", "order3", "frontend"):
+        test = services[name]["healthcheck"]["test"]
+        if "call" in test:
+            assert "--role" in test and test[test.index("--role") + 1] == name, name
