@@ -522,7 +522,7 @@ say "the documented compose backup (docs/deploy.md) while clients trade"
 (   # traders: verified load runs back to back until told to stop
     runs=0
     while [[ ! -e "$WORK/stop-trading" ]]; do
-        "$VENV/bin/bazaar" load --url "$URL" --sessions 3 --requests 60 -p 0.8 >>"$WORK/load3.log" 2>&1 || exit 1
+        "$VENV/bin/bazaar" load --url "$URL" --sessions 2 --requests 50 -p 0.8 >>"$WORK/load3.log" 2>&1 || exit 1
         runs=$((runs + 1))
         echo "$runs" >"$WORK/trading-runs"
     done

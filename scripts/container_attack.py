@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import msgpack
 import zmq
@@ -28,58 +29,68 @@ CALLS = (
 )
 
 
-def attempt(ctx: zmq.Context, endpoint: str, mode: str, method: str, args: dict) -> bool:
-    """True if the server answered."""
+# Every attempt is made at once and all are watched for WAIT_MS together: one
+# wait for the lot (two catalog heartbeat intervals, so a SUB that could read
+# would have a message), not one per attempt.
+WAIT_MS = 2500
+
+
+def own_curve(sock: zmq.Socket) -> None:
+    """CurveZMQ with a key pair of its own, and a guessed server key (the real one is not ours)."""
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey, _ = zmq.curve_keypair()
+
+
+def attempt(ctx: zmq.Context, endpoint: str, mode: str, method: str, args: dict) -> zmq.Socket:
+    """A DEALER that has sent one call; it must never get a reply."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if mode != "plaintext":
-        public, secret = zmq.curve_keypair()
-        server_public, _ = zmq.curve_keypair()  # the real one is not ours to read
-        sock.curve_publickey, sock.curve_secretkey = public, secret
-        sock.curve_serverkey = server_public
-    try:
-        sock.connect(endpoint)
-        request = {"v": 1, "id": 1, "method": method, "args": args}
-        sock.send_multipart([b"", msgpack.packb(request)])
-        return bool(sock.poll(700))
-    finally:
-        sock.close(0)
+        own_curve(sock)
+    sock.connect(endpoint)
+    request = {"v": 1, "id": 1, "method": method, "args": args}
+    sock.send_multipart([b"", msgpack.packb(request)])
+    return sock
 
 
-def overhears(ctx: zmq.Context, endpoint: str, mode: str) -> bool:
-    """True if a SUB got any message within two heartbeat intervals."""
+def subscriber(ctx: zmq.Context, endpoint: str, mode: str) -> zmq.Socket:
+    """A SUB to every topic; it must never get a message."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     if mode != "plaintext":
-        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-        sock.curve_serverkey, _ = zmq.curve_keypair()
-    try:
-        sock.connect(endpoint)
-        return bool(sock.poll(2500))
-    finally:
-        sock.close(0)
+        own_curve(sock)
+    sock.connect(endpoint)
+    return sock
 
 
 def main(args: list[str]) -> int:
     pubs = [args[i + 1] for i, a in enumerate(args) if a == "--pub"]
     hosts = [a for i, a in enumerate(args) if a != "--pub" and (i == 0 or args[i - 1] != "--pub")]
     ctx = zmq.Context()
-    tried, answered = 0, []
+    socks: dict[zmq.Socket, str] = {}
     for host in pubs:
         for mode in ("plaintext", "curve-own-keys"):
-            tried += 1
-            if overhears(ctx, f"tcp://{host}", mode):
-                answered.append(f"{host} {mode} subscribe")
+            socks[subscriber(ctx, f"tcp://{host}", mode)] = f"{host} {mode} subscribe"
     for host in hosts:
-        endpoint = f"tcp://{host}"
         for mode in ("plaintext", "curve-own-keys"):
             for method, call_args in CALLS:
-                tried += 1
-                if attempt(ctx, endpoint, mode, method, call_args):
-                    answered.append(f"{host} {mode} {method}")
+                socks[attempt(ctx, f"tcp://{host}", mode, method, call_args)] = (
+                    f"{host} {mode} {method}"
+                )
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    answered = set()
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while (left := deadline - time.monotonic()) > 0:
+        for sock, _ in poller.poll(left * 1000):
+            answered.add(socks[sock])
+            poller.unregister(sock)
+    for sock in socks:
+        sock.close(0)
     ctx.term()
-    print(json.dumps({"tried": tried, "answered": answered}))
+    print(json.dumps({"tried": len(socks), "answered": sorted(answered)}))
     return 1 if answered else 0
 
 
