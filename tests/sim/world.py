@@ -81,6 +81,7 @@ class World(Sim):
         self.paused: set[int] = set()
         self.cut: set[frozenset] = set()  # links that drop everything
         self.fe_epoch = [0] * front_ends  # the highest epoch each front end saw
+        self.appointing: dict[int, tuple[int, int]] = {}  # fe -> (leader, epoch) not sent yet
         self.fe_names = [f"fe{i}" for i in range(front_ends)]
         self.acked_keys: dict[int, str] = {}  # number -> key of the acknowledged order
         self.ack_leader: dict[int, int] = {}  # epoch -> the replica that acknowledged in it
@@ -337,8 +338,16 @@ class World(Sim):
         """Front end `fe` elects with the front end's rules, seeing only the replicas it reaches.
 
         It keeps a leader that serves (or recovers) the top epoch with its
-        majority, except with probability `spurious` (a call timed out anyway).
+        majority, except with probability `spurious` (a call timed out
+        anyway). Half the time (while faults run) its `set_leader` calls go
+        out only at its next election step, from a view that is stale by
+        then: the old leader may have committed more meanwhile, and only
+        the new leader's majority of promises keeps those records.
         """
+        pending = self.appointing.pop(fe, None)
+        if pending is not None:
+            self.appoint(fe, *pending)
+            return
         name = self.fe_names[fe]
         live = {
             r: self.status(r)
@@ -354,7 +363,20 @@ class World(Sim):
         leader = candidates(live, nobody)[0]
         self.trace.append(f"{name} elects {leader} at {epoch}")
         self.fe_epoch[fe] = epoch
-        for r in [leader, *(r for r in live if r != leader)]:
+        if self.faults and self.rng.random() < 0.5:
+            self.appointing[fe] = (leader, epoch)  # the calls are still on their way
+        else:
+            self.appoint(fe, leader, epoch)
+
+    def appoint(self, fe: int, leader: int, epoch: int) -> None:
+        """`set_leader(leader, epoch)` to the leader, then to the others, as the front end
+        reaches them now."""
+        name = self.fe_names[fe]
+        for r in [leader, *(r for r in self.ids if r != leader)]:
+            if not self.reachable(name, r) or r in self.starting:
+                if r == leader:
+                    return
+                continue
             m = self.machines[r]
             was = (m.role, m.epoch)
             try:
