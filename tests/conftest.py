@@ -14,8 +14,6 @@ file holds what is pytest's: fixtures and the wrappers that call pytest.fail.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import zmq
 
@@ -27,6 +25,7 @@ from bazaar import security  # noqa: E402
 from bazaar.testing import waiting  # noqa: E402
 from bazaar.testing.keys import keys_for, session_keys_dir  # noqa: E402
 from bazaar.testing.ports import free_port  # noqa: E402
+from bazaar.testing.waiting import wall_budget  # noqa: E402
 
 KEYS_DIR = session_keys_dir()
 
@@ -43,18 +42,6 @@ def wait_until(cond, timeout: float = 5.0, interval: float = 0.02, msg="", **wat
     except waiting.WaitFailed as err:
         failure = str(err)
     pytest.fail(failure)
-
-
-def wall_budget(seconds: float) -> float:
-    """`seconds` on a machine with a core per runnable process, more when it is oversubscribed.
-
-    A SPEC deadline such as "SIGTERM stops a service well under a second" is about
-    the service's own work; when the load average is many times the core count
-    (parallel suites, CI neighbours) wall-clock time stretches with it, and the
-    check would then measure the machine rather than the code.
-    """
-    overload = os.getloadavg()[0] / (os.cpu_count() or 1)
-    return seconds * max(1.0, overload)
 
 
 def recv_with_timeout(sock: zmq.Socket, timeout: float = 2.0) -> list[bytes]:

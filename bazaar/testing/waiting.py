@@ -1,5 +1,9 @@
 """Waiting for a condition, and giving up at once when a process it depends on has died.
 
+`wall_budget` stretches a wall-clock deadline only when the machine is
+oversubscribed; scripts/container-test.sh asks it too, so one formula serves
+both.
+
 `wait_until` polls a condition until it holds. Given the processes the
 condition depends on, it checks them every round: a process that exited makes
 the wait fail straight away with its exit status and the last lines of its
@@ -8,6 +12,7 @@ log, instead of after the whole timeout with only "timed out".
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -82,3 +87,15 @@ def wait_until(
     raise WaitFailed(
         f"timed out after {timeout}s waiting for {msg or cond}; last error: {last_exc!r}"
     )
+
+
+def wall_budget(seconds: float) -> float:
+    """`seconds` on a machine with a core per runnable process, more when it is oversubscribed.
+
+    A SPEC deadline such as "SIGTERM stops a service well under a second" is about
+    the service's own work; when the load average is many times the core count
+    (parallel suites, CI neighbours) wall-clock time stretches with it, and the
+    check would then measure the machine rather than the code.
+    """
+    overload = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return seconds * max(1.0, overload)
