@@ -334,7 +334,7 @@ class World(Sim):
             ),
         }
 
-    def elect(self, fe: int, spurious: float = 0.1) -> None:
+    def elect(self, fe: int, spurious: float = 0.1, defer: bool | None = None) -> None:
         """Front end `fe` elects with the front end's rules, seeing only the replicas it reaches.
 
         It keeps a leader that serves (or recovers) the top epoch with its
@@ -343,6 +343,7 @@ class World(Sim):
         out only at its next election step, from a view that is stale by
         then: the old leader may have committed more meanwhile, and only
         the new leader's majority of promises keeps those records.
+        `defer` decides that instead (a directed scenario).
         """
         pending = self.appointing.pop(fe, None)
         if pending is not None:
@@ -363,7 +364,9 @@ class World(Sim):
         leader = candidates(live, nobody)[0]
         self.trace.append(f"{name} elects {leader} at {epoch}")
         self.fe_epoch[fe] = epoch
-        if self.faults and self.rng.random() < 0.5:
+        if defer is None:
+            defer = self.faults and self.rng.random() < 0.5
+        if defer:
             self.appointing[fe] = (leader, epoch)  # the calls are still on their way
         else:
             self.appoint(fe, leader, epoch)
