@@ -17,6 +17,7 @@ from collections import Counter
 
 import click
 
+import bazaar
 from bazaar import config as configmod
 from bazaar import security
 from bazaar.errors import BazaarError
@@ -92,7 +93,10 @@ def serve_role(role: str, cfg: configmod.Config) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bazaar")
+# The code's own version, not the installed metadata's: after `git checkout` of
+# another release, `make run` reinstalls only when pyproject.toml changed, and a
+# version bump does not change it.
+@click.version_option(version=bazaar.__version__, prog_name="bazaar")
 def main() -> None:
     """Stock Bazaar: run services, call them, load them."""
 

@@ -31,6 +31,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -290,8 +291,7 @@ def test_release_version_bump_lines_change_the_real_files(tmp_path):
     seds = "\n".join(line for line in block.splitlines() if line.startswith("sed -i"))
     assert seds.count("sed -i") == 2, block
     new = re.search(r'__version__ = "([\d.]+)"', seds).group(1)
-    (tmp_path / "bazaar").mkdir()
-    shutil.copy(ROOT / "bazaar" / "__init__.py", tmp_path / "bazaar" / "__init__.py")
+    shutil.copytree(ROOT / "bazaar", tmp_path / "bazaar")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     docblocks.run(seds, tmp_path, {"PATH": "/usr/bin:/bin"})
     init = (tmp_path / "bazaar" / "__init__.py").read_text()
@@ -299,3 +299,13 @@ def test_release_version_bump_lines_change_the_real_files(tmp_path):
     compose = (tmp_path / "docker-compose.yml").read_text()
     assert f"${{BAZAAR_IMAGE:-stock-bazaar:{new}}}" in compose
     assert f"stock-bazaar:{bazaar.__version__}" not in compose
+    # A checkout of the new version says so, though the venv's metadata is the old
+    # one (`make run` reinstalls only when pyproject.toml changes).
+    said = subprocess.run(
+        [sys.executable, "-m", "bazaar.cli", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert said.stdout.strip() == f"bazaar, version {new}", said

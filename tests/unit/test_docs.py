@@ -135,9 +135,7 @@ def test_one_version_everywhere():
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bazaar.__version__"}
     assert bazaar.__version__ == v  # what every service's `ping` answers
     result = CliRunner().invoke(main, ["--version"], prog_name="bazaar")
-    assert result.exit_code == 0 and result.output.strip() == f"bazaar, version {v}", (
-        f"{result.output!r}: reinstall (pip install -e .) after changing the version"
-    )
+    assert result.exit_code == 0 and result.output.strip() == f"bazaar, version {v}", result.output
     compose = (ROOT / "docker-compose.yml").read_text()
     assert f"image: ${{BAZAAR_IMAGE:-stock-bazaar:{v}}}" in compose
     changelog = (ROOT / "CHANGELOG.md").read_text()
