@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -40,6 +42,7 @@ import pytest
 import bazaar
 from bazaar.order.log import read_only_rows
 from bazaar.testing.makerun import MakeRun
+from bazaar.testing.procs import stop_processes
 from bazaar.testing.traders import Traders
 from tests import docblocks
 from tests.system.fixtures import failed
@@ -178,6 +181,16 @@ def test_a_new_users_walk(make_run):
     assert made == {"data", ".venv", "lat.png", "market.csv", "orders.csv"}, made
     check_data_dir_as_documented(run.data)
 
+    # docs/security.md's rotation of all keys with `make run`: stop, the command, start.
+    assert run.stop() == 0
+    old_key = (run.data / "keys" / "order2.key").read_bytes()
+    sh(run, inline("docs/security.md", "rm -r data/keys"))
+    run.start()
+    run.wait_healthy()
+    assert (run.data / "keys" / "order2.key").read_bytes() != old_key, "no new keys were made"
+    status, body = run.http("GET", "/orders/1")
+    assert status == 200 and body["data"]["name"] == "GameStart", body
+
     # docs/configuration.md's reset: Ctrl-C, the block, `make run` again.
     assert run.stop() == 0
     sh(run, docblocks.marked("docs/configuration.md", "reset"))
@@ -253,6 +266,29 @@ def test_rebuilding_one_replica_with_make_run(make_run):
         {"Idempotency-Key": uuid.uuid4().hex},
     )
     assert status == 200 and body["data"]["transaction_number"] == len(rows), body
+
+    # /health's `degraded` under `make run`: order2 dies, run-all goes on without it,
+    # and the documented command brings it back beside it.
+    pid = re.findall(r"started order2 \(pid (\d+)\)", run.log())[-1]  # of this run
+    os.kill(int(pid), signal.SIGKILL)
+
+    def degraded():
+        status, body = run.http("GET", "/health", timeout=3)
+        return status == 200 and body["data"]["status"] == "degraded"
+
+    run.wait_until(degraded, 60, 0.2, "/health degraded without order2")
+    restart = inline("docs/troubleshooting.md", ".venv/bin/bazaar order --id 2")
+    with open(run.log_dir / "order2-by-hand.log", "wb") as out:
+        by_hand = subprocess.Popen(
+            ["bash", "-c", f"exec {restart}"], cwd=run.workdir, env=run.env(), stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        run.wait_healthy()
+        assert len(log(2)) == len(rows) + 1, "order2 did not catch up"
+    finally:
+        stop_processes([by_hand])
+    assert by_hand.returncode == 0, (run.log_dir / "order2-by-hand.log").read_text()
 
 
 def test_makefile_as_configuration_md_says(tmp_path):
