@@ -34,9 +34,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
+import prometheus_client
 import pytest
 
 import bazaar
@@ -157,6 +159,10 @@ def test_a_new_users_walk(make_run):
     said = re.search(r"# (bazaar, version [\d.]+)", version).group(1)
     assert printed[0] == said == f"bazaar, version {bazaar.__version__}"
     assert printed[1].startswith("python_info{") and printed[1].endswith(" 1.0"), printed
+    # api.md's /metrics: the Content-Type it names.
+    with urllib.request.urlopen(f"{run.url}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"] == prometheus_client.CONTENT_TYPE_LATEST
+    assert f"`{prometheus_client.CONTENT_TYPE_LATEST}`" in (ROOT / "docs" / "api.md").read_text()
 
     # docs/troubleshooting.md: the command that shows who holds the catalog's data dir.
     who = inline("docs/troubleshooting.md", "pgrep -af")
@@ -201,6 +207,19 @@ def test_a_new_users_walk(make_run):
     assert body["data"]["quantity"] == 100 and body["data"]["volume"] == 0, body
     assert run.http("GET", "/orders/0")[0] == 404
     assert run.stop() == 0
+
+    # troubleshooting.md: what `bazaar call` answers when nothing listens.
+    said = docblocks.run(
+        docblocks.pointed(scripting.splitlines()[0], run.ports["http"], run.ports),
+        run.workdir,
+        run.env(),
+        check=False,
+    )
+    assert said.returncode == 1, said
+    quoted = inline("docs/troubleshooting.md", "UNAVAILABLE: tcp://")
+    pattern = re.escape(quoted).replace("…", ".*").replace(":5555", r":\d+")
+    pattern = pattern.replace(re.escape("<method>"), r"\w+")
+    assert re.fullmatch(pattern, said.stderr.strip()), (quoted, said.stderr)
 
 
 def check_data_dir_as_documented(data: Path) -> None:
