@@ -8,6 +8,9 @@
   image tag and the newest release in CHANGELOG.md agree.
 - Every relative link in README.md and docs/ points at a file that exists.
 - No text points at an issue tracker that is not in the repo ("issue 13").
+- Every `bazaar` command, `make` target, `bazaar … --flag` and `bench/X.py`
+  flag or subcommand the docs show exists (the commands themselves run in
+  tests/system/test_docs_native.py and the tests it names).
 """
 
 from __future__ import annotations
@@ -220,3 +223,82 @@ def test_no_references_to_an_issue_tracker_outside_the_repo(doc):
     """A reference such as "(issue 13)" means nothing here: the tracker is not in the repo."""
     found = re.findall(r"\b(?:issue|task)s? #?\d+", doc.read_text(), re.I)
     assert not found, f"{doc.name}: {found}; say what the change was instead"
+
+
+def bench_invocations() -> list[tuple[str, str, list[str]]]:
+    """(doc, script, argument tokens) of every `bench/<script>.py …` the docs show."""
+    found = []
+    for doc in markdown_files():
+        for line in doc.read_text().splitlines():
+            for match in re.finditer(r"bench/(\w+)\.py((?:[ \t]+[^\s`|#)\\]+)*)", line):
+                tokens = [t.strip("[]") for t in match.group(2).split()]
+                found.append((doc.name, match.group(1), [t for t in tokens if t]))
+    return found
+
+
+def test_every_bench_command_in_the_docs_takes_its_arguments():
+    """Each documented `bench/X.py` flag and subcommand is one the script's --help lists."""
+    import subprocess
+    import sys
+
+    invocations = bench_invocations()
+    assert len(invocations) > 15
+    helps = {}
+    for doc, script, tokens in invocations:
+        path = ROOT / "bench" / f"{script}.py"
+        assert path.exists(), f"{doc}: bench/{script}.py does not exist"
+        if script not in helps:
+            done = subprocess.run(
+                [sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            usage = done.stdout.split("\n\n", 1)[0]
+            options = {
+                flag: bool(value)
+                for flag, value in re.findall(r"\[(--?[\w-]+)(?: ([A-Z_]+|\{[\w,]+\}))?\]", usage)
+            }
+            commands = set(",".join(re.findall(r"\{([\w,]+)\} \.\.\.", usage)).split(",")) - {""}
+            helps[script] = options, commands
+        options, commands = helps[script]
+        rest = iter(tokens)
+        for token in rest:
+            if token.startswith("-"):
+                assert token in options, f"{doc}: bench/{script}.py has no option {token}"
+                if options[token]:
+                    next(rest, None)  # its value
+            else:
+                assert token in commands, f"{doc}: bench/{script}.py {' '.join(tokens)}"
+                break  # the subcommand's own arguments
+
+
+def test_every_bazaar_option_in_the_docs_exists():
+    """`bazaar <command> … --flag`: every flag the docs' shell blocks pass is the command's."""
+    import click
+
+    ctx = click.Context(main)
+    checked = 0
+    for name, block in sh_blocks():
+        for line in block.replace("\\\n", " ").splitlines():
+            for match in re.finditer(r"(?:^|[\s/\"'])bazaar((?: [^\s#|;&>)'\"]+)+)", line):
+                words = match.group(1).split()
+                command, group = main, main
+                rest = words
+                while rest and not rest[0].startswith("-"):
+                    inner = (
+                        command.get_command(ctx, rest[0])
+                        if isinstance(command, click.Group)
+                        else None
+                    )
+                    if inner is None:
+                        break
+                    command, rest = inner, rest[1:]
+                if command is group and (not rest or not rest[0].startswith("-")):
+                    continue  # not a command line (prose, a path)
+                opts = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+                opts |= {"--help", "-h"}
+                for word in rest:
+                    flag = word.split("=", 1)[0]
+                    if flag.startswith("-") and not re.fullmatch(r"-\d.*", flag):
+                        assert flag in opts, f"{name}: `bazaar {' '.join(words)}`: no {flag}"
+                        checked += 1
+    assert checked > 10
