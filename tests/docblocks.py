@@ -66,11 +66,17 @@ def pointed(block: str, http_port: int, ports: Mapping[str, int]) -> str:
 
 
 def run(
-    block: str, cwd: Path, env: Mapping[str, str], timeout: float = 120.0, check: bool = True
+    block: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float = 120.0,
+    check: bool = True,
+    checkout: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run `block` in `cwd` as a user's shell in a checkout would (`.venv` the test's own)."""
+    """Run `block` in `cwd` as a user's shell would: in a checkout (`.venv` the test's own,
+    unless checkout=False) with `bazaar` on PATH."""
     venv = Path(cwd) / ".venv"
-    if not venv.exists() and not venv.is_symlink():
+    if checkout and not venv.exists() and not venv.is_symlink():
         venv.symlink_to(Path(sys.executable).parent.parent)
     env = dict(env)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

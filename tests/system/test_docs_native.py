@@ -182,6 +182,21 @@ def test_a_new_users_walk(make_run):
     assert orders[:3] == ["number,name,type,quantity", "0,GameStart,buy,1", "1,GameStart,buy,1"]
     assert len(orders) > 13, "bazaar load placed no orders"  # ~40 of 16 x 5 requests at p = 0.5
 
+    # docs/architecture.md's export and sqlite3 backups, while it runs (its paths are
+    # the image's /data; here ./data).
+    if shutil.which("sqlite3"):
+        (run.workdir / "backup").mkdir()
+        replica = docblocks.containing("docs/architecture.md", "sqlite3 /data/orders-1.db")
+        sh(run, replica.replace("/data", "data").replace("/backup", "backup"))
+        assert (run.workdir / "orders.csv").read_text().splitlines()[:3] == orders[:3]
+        copied = list(read_only_rows(run.workdir / "backup" / "orders-1.db"))
+        assert len(copied) == len(orders) - 1  # nothing trades meanwhile
+        catalog = inline("docs/architecture.md", 'sqlite3 catalog.db ".backup')
+        docblocks.run(catalog, run.data, run.env(), checkout=False)
+        assert (run.data / "backup.db").stat().st_size > 0
+        (run.data / "backup.db").rename(run.workdir / "backup" / "catalog.db")
+        shutil.rmtree(run.workdir / "backup")
+
     # docs/configuration.md: `make run` writes only under ./data, as its table says.
     made = {p.name for p in run.workdir.iterdir()}
     assert made == {"data", ".venv", "lat.png", "market.csv", "orders.csv"}, made
