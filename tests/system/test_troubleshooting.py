@@ -1,15 +1,18 @@
 """docs/troubleshooting.md quotes the lines services really print when they cannot start.
 
 Each case starts a real `bazaar` process into the situation (a port taken, a
-data dir in use, a damaged catalog.db, a bad variable) and checks: exit
+data dir in use, a damaged catalog.db, a database of a newer release,
+a bad variable) and checks: exit
 status 1, no traceback, one `Error:` line, and that line on the page (ports,
 hosts and directories written there as `<port>`, `<host>`, `<dir>`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +114,38 @@ def test_no_keys(tmp_path):
     line = start(["catalog"], tmp_path, BAZAAR_INSECURE="0", BAZAAR_KEYS_DIR="", **env)
     assert "no key for catalog" in line
     documented(line.replace("catalog", "<role>", 1), dir=str(tmp_path / "data" / "keys"))
+
+
+def newer_release(path: Path) -> None:
+    """A database as a later release (a schema this one does not know) leaves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+        conn.execute("CREATE TABLE later (x)")
+        conn.commit()
+
+
+def test_catalog_db_of_a_newer_release(tmp_path):
+    from bazaar.catalog.db import SCHEMA_VERSION
+
+    newer_release(tmp_path / "data" / "catalog.db")
+    line = start(["catalog"], tmp_path, **rpc_env())
+    line = line.replace(
+        f"(schema 99; this one knows {SCHEMA_VERSION})", "(schema <n>; this one knows <m>)"
+    )
+    documented(line, dir=str(tmp_path / "data"))
+    assert (tmp_path / "data" / "catalog.db").stat().st_size > 0  # nothing was changed
+
+
+def test_order_log_of_a_newer_release(tmp_path):
+    from bazaar.order.log import SCHEMA_VERSION
+
+    newer_release(tmp_path / "data" / "orders-2.db")
+    replicas = ",".join(f"{r}=tcp://127.0.0.1:{free_port()}" for r in (1, 2, 3))
+    line = start(["order", "--id", "2"], tmp_path, BAZAAR_ORDER_REPLICAS=replicas, **rpc_env())
+    line = line.replace("orders-2.db", "orders-<id>.db")
+    line = line.replace(
+        f"version 99 is newer than this release's ({SCHEMA_VERSION})",
+        "version <n> is newer than this release's (<m>)",
+    )
+    documented(line, dir=str(tmp_path / "data"))
