@@ -1,10 +1,10 @@
 """docs/troubleshooting.md quotes the lines services really print when they cannot start.
 
 Each case starts a real `bazaar` process into the situation (a port taken, a
-data dir in use, a damaged catalog.db, a database of a newer release,
-a bad variable) and checks: exit
-status 1, no traceback, one `Error:` line, and that line on the page (ports,
-hosts and directories written there as `<port>`, `<host>`, `<dir>`).
+data dir in use, a damaged catalog.db, a database of a newer release, a bad
+variable) and checks: exit status 1, no traceback, one `Error:` line, and
+that line on the page (ports, hosts and directories written there as
+`<port>`, `<host>`, `<dir>`).
 """
 
 from __future__ import annotations
