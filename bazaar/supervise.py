@@ -8,8 +8,9 @@ exactly what production runs.
 - SIGINT/SIGTERM: every child gets SIGTERM, then SIGKILL after a grace period;
   `run_all` returns only when all five have exited.
 - A child that exits during start-up (e.g. its port is taken) stops the whole
-  run with exit status 1. Later, a child that dies is reported and the others
-  keep serving: the system is built to survive a lost replica.
+  run with exit status 1. Later (run-all says when: STARTED), a child that
+  dies is reported and the others keep serving: the system is built to
+  survive a lost replica.
 - On Linux each child gets PDEATHSIG=SIGTERM, so even a SIGKILLed supervisor
   leaves no service behind.
 """
@@ -34,6 +35,7 @@ SERVICES: tuple[tuple[str, list[str]], ...] = (
     ("frontend", ["frontend"]),
 )
 STARTUP_SECONDS = 5.0
+STARTED = "start-up over: a service that exits now is reported, the others go on"
 STOP_GRACE = 5.0
 
 
@@ -92,7 +94,11 @@ class Supervisor:
         started = time.monotonic()
         reported: set[str] = set()
         status = 0
+        starting = True
         while not self.stop.wait(0.2):
+            if starting and time.monotonic() - started >= STARTUP_SECONDS:
+                starting = False  # said once: what a service that exits now means
+                self.say("run-all", STARTED)
             for name, proc in self.procs.items():
                 if name in reported or proc.poll() is None:
                     continue

@@ -42,6 +42,7 @@ import prometheus_client
 import pytest
 
 import bazaar
+from bazaar import supervise
 from bazaar.order.log import read_only_rows
 from bazaar.testing.makerun import MakeRun
 from bazaar.testing.procs import stop_processes
@@ -313,7 +314,9 @@ def test_rebuilding_one_replica_with_make_run(make_run):
     assert status == 200 and body["data"]["transaction_number"] == len(rows), body
 
     # /health's `degraded` under `make run`: order2 dies, run-all goes on without it,
-    # and the documented command brings it back beside it.
+    # and the documented command brings it back beside it. (Within run-all's start-up
+    # window a service that exits stops them all instead.)
+    run.wait_until(lambda: supervise.STARTED in run.log(), 60, 0.2, "run-all's start-up over")
     pid = re.findall(r"started order2 \(pid (\d+)\)", run.log())[-1]  # of this run
     os.kill(int(pid), signal.SIGKILL)
 
@@ -344,9 +347,12 @@ def test_makefile_as_configuration_md_says(tmp_path):
         shutil.copy(ROOT / name, tmp_path / name)
     doc = (ROOT / "docs" / "configuration.md").read_text()
     (python,) = set(re.findall(r"`make PYTHON=(\S+) run`", doc))
+    # As from a shell: not as a sub-make of `make test` (which prints its directories).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     dry = subprocess.run(
         ["make", "-n", f"PYTHON={python}", "run"],
         cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
@@ -359,7 +365,7 @@ def test_makefile_as_configuration_md_says(tmp_path):
     for path in (".venv/bin", ".pytest_cache", ".ruff_cache", "data/keys"):
         (tmp_path / path).mkdir(parents=True)
     (tmp_path / "data" / "catalog.db").write_bytes(b"the market")
-    done = subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, timeout=30)
+    done = subprocess.run(["make", "clean"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {"Makefile", "pyproject.toml", "data"}, left
