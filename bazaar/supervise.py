@@ -107,7 +107,9 @@ class Supervisor:
                 if time.monotonic() - started < STARTUP_SECONDS:
                     self.say("run-all", f"{name} failed to start: stopping everything")
                     return 1
-                status = 1
+                # Status 0 is a service that was told to stop (Ctrl-C in a terminal
+                # reaches the children too, maybe before our own handler has run).
+                status = status or int(proc.returncode != 0)
             if len(reported) == len(self.procs):
                 self.say("run-all", "every service has exited")
                 return status
