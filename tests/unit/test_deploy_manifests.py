@@ -373,8 +373,7 @@ def test_swarm_pins_each_stateful_service_to_its_own_node():
             item.split("=", 1)
             for item in service["environment"]["BAZAAR_ORDER_REPLICAS"].split(",")
         )
-        port = replicas[str(rid)].rsplit(":", 1)[1]
-        assert f"'127.0.0.1', {port})" in service["healthcheck"]["test"][-1]
+        assert replicas[str(rid)] == f"tcp://order{rid}:{5560 + rid}"
 
 
 # ---- docker-compose.yml ----------------------------------------------------
@@ -438,3 +437,16 @@ def test_compose_healthchecks_need_only_the_services_own_key():
         test = services[name]["healthcheck"]["test"]
         if "call" in test:
             assert "--role" in test and test[test.index("--role") + 1] == name, name
+
+
+def test_swarm_healthchecks_ask_the_process_itself():
+    """GET /metrics (an answer needs the interpreter), never a bare TCP connect (libzmq answers)."""
+    services = stack()["services"]
+    metrics_port = stack()["x-bazaar"]["environment"]["BAZAAR_METRICS_PORT"]
+    for name, service in services.items():
+        cmd, python, flag, code = service["healthcheck"]["test"]
+        assert (cmd, python, flag) == ("CMD", "python3", "-c"), name
+        compile(code, f"{name} healthcheck", "exec")
+        port = "8080" if name == "frontend" else metrics_port
+        assert f"u.urlopen('http://127.0.0.1:{port}/metrics', timeout=4)" in code, name
+        assert "socket" not in code, name
