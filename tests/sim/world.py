@@ -11,7 +11,10 @@ them, driven by one `random.Random(seed)` so a seed replays exactly:
   the most up-to-date log first (last record's epoch, then number, then the
   highest id), at an epoch above every epoch they have seen; each front end
   only knows what it saw, so two of them may pick the same epoch for
-  different replicas;
+  different replicas; half their elections send `set_leader` a step late
+  (a stale view), and now and then one is a stale failover (`lose_leader`:
+  the serving leader's status times out, the replica elected instead is
+  cut off from its peers until after its first promise rounds);
 - recovery run by the service's own machine (`bazaar.order.recovering`):
   a restarted replica catches up from its peers before it serves (requests
   to it wait meanwhile), an elected one asks for promises, adopts the best
@@ -24,7 +27,10 @@ them, driven by one `random.Random(seed)` so a seed replays exactly:
   leaders and any other leader of its epoch; a leader trades before it
   proposes;
 - clients placing orders at whichever replica they believe leads, and
-  retrying an unanswered order with the same key;
+  retrying an unanswered order with the same key; now and then an order is
+  overtaken between its trade and its record, so numbers and trade seqs
+  differ in order (a leader rebuilding the log from the catalog alone would
+  then renumber acknowledged orders);
 - faults: crashes (unflushed writes lost; now and then right after an
   epoch was saved, before the answer leaves), restarts, pauses, partitions
   (per link, both directions), disk errors (a flush fails), and the wire's
@@ -53,6 +59,9 @@ from tests.unit.fake_network import MemoryLog, Sim
 PAGE = 4  # records per catch_up answer: small, so recoveries page
 TRADES_PAGE = 3
 RECONCILE_EVERY = 1.0
+STALE_FAILOVER = 0.5  # of elections seeing a serving leader and every replica: `lose_leader`
+OVERTAKEN = 0.2  # of orders: traded, then overtaken by the next order before it is numbered
+SPELL = 80  # steps after a stale failover's set_leader calls, then its partition heals
 REQUESTS = ("replicate", "catch_up")  # what a replica still starting up cannot take yet
 
 
@@ -95,6 +104,9 @@ class World(Sim):
         self.serving: dict[int, int] = {}  # rid -> the epoch it serves (while it leads it)
         self.starting: set[int] = set()  # restarted, catching up before it serves
         self.reconciled_at: dict[int, float] = {}
+        self.steps = 0
+        self.held: tuple[int, str, int] | None = None  # an order overtaken: (leader, key, seq)
+        self.spell: tuple[int, int] | None = None  # a stale failover's (isolated, step it heals)
 
     # ---- the network ------------------------------------------------------------
     def linked(self, a, b) -> bool:
@@ -343,10 +355,13 @@ class World(Sim):
         out only at its next election step, from a view that is stale by
         then: the old leader may have committed more meanwhile, and only
         the new leader's majority of promises keeps those records.
-        `defer` decides that instead (a directed scenario).
+        `defer` decides that instead (a directed scenario). Now and then it
+        is a stale failover (`lose_leader`): always late, its choice cut off.
         """
         pending = self.appointing.pop(fe, None)
         if pending is not None:
+            if self.spell is not None and self.spell == (pending[0], -1):
+                self.spell = (pending[0], self.steps + SPELL)
             self.appoint(fe, *pending)
             return
         name = self.fe_names[fe]
@@ -357,19 +372,54 @@ class World(Sim):
         }
         if len(live) < len(self.ids) // 2 + 1:
             return  # no majority: no epoch spent
+        lost = self.lose_leader(live)
         top = max([st["epoch"] for st in live.values()] + [self.fe_epoch[fe]])
-        if serving_leader(live, top, nobody) is not None and self.rng.random() >= spurious:
+        if (
+            lost is None
+            and serving_leader(live, top, nobody) is not None
+            and self.rng.random() >= spurious
+        ):
             return  # it keeps that leader (now and then a call times out anyway)
         epoch = top + 1
         leader = candidates(live, nobody)[0]
         self.trace.append(f"{name} elects {leader} at {epoch}")
         self.fe_epoch[fe] = epoch
+        if lost is not None:
+            defer = True
+            self.isolate(leader)
+            self.spell = (leader, -1)  # no other fault until SPELL steps after the calls
         if defer is None:
             defer = self.faults and self.rng.random() < 0.5
         if defer:
             self.appointing[fe] = (leader, epoch)  # the calls are still on their way
         else:
             self.appoint(fe, leader, epoch)
+
+    def lose_leader(self, live: dict) -> int | None:
+        """A stale failover: the serving leader's `status` answer times out.
+
+        With every replica reachable and one serving, now and then
+        (STALE_FAILOVER) the front end loses the leader's answer and elects
+        among the others: their logs may look equal, so it picks one the
+        leader goes on committing without. Its `set_leader` calls go out at
+        the next election step; the elected replica is cut off from its
+        peers meanwhile, so its first promise rounds fail; nothing else
+        fails for SPELL steps, then that partition heals. Only its majority
+        of promises keeps the records the old leader committed meanwhile.
+        """
+        if not self.faults or self.spell is not None or len(live) < len(self.ids):
+            return None
+        serving = [r for r in live if self.is_serving(r)]
+        if not serving or self.rng.random() >= STALE_FAILOVER:
+            return None
+        del live[serving[0]]
+        self.trace.append(f"status of leader {serving[0]} lost")
+        return serving[0]
+
+    def isolate(self, rid: int) -> None:
+        """Cut `rid` off from its peers (not from the front ends or the catalog)."""
+        self.cut |= {frozenset((rid, p)) for p in self.ids if p != rid}
+        self.trace.append(f"isolate {rid} from its peers")
 
     def appoint(self, fe: int, leader: int, epoch: int) -> None:
         """`set_leader(leader, epoch)` to the leader, then to the others, as the front end
@@ -441,8 +491,17 @@ class World(Sim):
         seq = self.trades.setdefault(key, len(self.trades) + 1)  # at most once per key
         if self.rng.random() < 0.05:
             return  # the leader dies (or the call times out) between trade and record
+        if self.held is None and self.faults and self.rng.random() < OVERTAKEN:
+            self.held = (leader, key, seq)  # numbered after the next order: numbers and
+            return  # trade seqs then differ in order, as with two clients at once
         with contextlib.suppress(BazaarError):  # e.g. no longer leading
             self._propose(leader, key, seq)
+        if self.held is not None:
+            held, key, seq = self.held
+            self.held = None
+            if held == leader and self.number_of(leader, key) is None:
+                with contextlib.suppress(BazaarError):
+                    self._propose(leader, key, seq)
 
     def disk_error(self, rid: int) -> None:
         """The next flush of `rid` fails: nothing queued reaches the disk."""
@@ -471,6 +530,7 @@ class World(Sim):
         rng = self.rng
         roll = rng.random()
         nodes = self.ids
+        self.steps += 1
         if roll < 0.35:
             for _ in range(rng.randrange(1, 6)):
                 self.deliver_one()
@@ -482,8 +542,13 @@ class World(Sim):
             self.tick(rng.choice((0.02, 0.1, 0.3)), step=0.02)
         elif roll < 0.83:
             self.elect(rng.randrange(len(self.fe_names)))
-        elif self.faults:
+        elif self.faults and self.spell is None:
             self.fault(rng.random())
+        if self.spell is not None and 0 <= self.spell[1] <= self.steps:
+            isolated = self.spell[0]
+            self.cut -= {frozenset((isolated, p)) for p in self.ids}
+            self.trace.append(f"{isolated} rejoins its peers")
+            self.spell = None
         self.check()
 
     def fault(self, roll: float) -> None:
