@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,18 +24,15 @@ import pytest
 from bazaar.testing import STOCKS
 from bazaar.testing.cluster import Cluster
 from bazaar.testing.traders import Traders
+from tests import docblocks
 from tests.conftest import wait_until
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def doc_block(marker: str) -> str:
     """The ```sh block right after `<!-- test: marker -->` in docs/deploy.md."""
-    match = re.search(rf"<!-- test: {marker} -->\s*```sh\n(.*?)```", DOC.read_text(), re.S)
-    assert match, f"docs/deploy.md has no block marked <!-- test: {marker} -->"
-    return match.group(1)
+    return docblocks.marked("docs/deploy.md", marker)
 
 
 class MakeRunCluster(Cluster):
@@ -56,21 +51,9 @@ class MakeRunCluster(Cluster):
 
 def run_doc(script: str, cwd: Path) -> str:
     """Run a documented block in `cwd` as a checkout: `.venv/bin/bazaar` is this test's."""
-    venv = cwd / ".venv"
-    if not venv.exists():
-        venv.symlink_to(Path(sys.executable).parent.parent)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ)
     env.pop("BAZAAR_DATA_DIR", None)
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"{script}\nstdout: {done.stdout}\nstderr: {done.stderr}"
-    return done.stdout
+    return docblocks.run(script, cwd, env).stdout
 
 
 def test_documented_backup_under_load_restores_into_a_fresh_cluster(tmp_path):
@@ -101,9 +84,7 @@ def test_documented_backup_under_load_restores_into_a_fresh_cluster(tmp_path):
     (new_root / backup.name).mkdir()
     for item in backup.iterdir():
         (new_root / backup.name / item.name).write_bytes(item.read_bytes())
-    restore = doc_block("restore").rstrip()
-    assert restore.endswith("make run"), restore
-    run_doc(restore.removesuffix("make run"), new_root)
+    run_doc(docblocks.without_make_run(doc_block("restore")), new_root)
 
     with MakeRunCluster(new_root) as new:
         new.start_all(60)
