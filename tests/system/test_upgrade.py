@@ -112,7 +112,7 @@ def test_upgrade_from_0_1_0_and_back_as_documented(tmp_path):
         assert set(STOCKS) <= set(names), names
         before = market(old, names)
     finally:
-        assert old.stop() == 0, old.log()[-3000:]
+        stop_0_1_0(old)
     committed = 0  # the longest of the three logs (a follower may be a record behind)
     for rid in (1, 2, 3):
         with (work / "data" / f"orders-{rid}.csv").open() as fh:
@@ -178,7 +178,19 @@ def test_upgrade_from_0_1_0_and_back_as_documented(tmp_path):
         assert back.http("GET", f"/orders/{after}")[0] == 404, "an order of 0.2.0 is in 0.1.0"
         assert market(back, names) == before
     finally:
-        assert back.stop() == 0, back.log()[-3000:]
+        stop_0_1_0(back)
+
+
+def stop_0_1_0(run: MakeRun) -> None:
+    """Ctrl-C on 0.1.0's run-all: it must stop; its exit status is 0.1.0's business.
+
+    0.1.0's run-all counts a child that exits before its own SIGINT handler has
+    run as a failure (exit status 1), and its services could miss a SIGTERM
+    (both fixed since). Neither is what this test is about: what 0.1.0 made
+    durable must come through, and that is checked on the data.
+    """
+    status = run.stop()  # raises if it did not stop within its timeout
+    assert status in (0, 1), run.log()[-3000:]
 
 
 def _ports(run: MakeRun) -> dict:
