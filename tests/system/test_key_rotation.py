@@ -1,8 +1,8 @@
 """docs/security.md's rotation of one role's keys, run as written against a real cluster.
 
-The doc's shell blocks are taken from its "Rotating keys" section and run in a
-directory laid out as `make run` lays it out (`data/keys`), with the catalog's
-real port in place of 5555. Afterwards: every acknowledged order reads back
+The doc's shell blocks, found by a line they contain (`tests/docblocks`), run
+in a directory laid out as `make run` lays it out (`data/keys`), with the
+catalog's real port in place of 5555. Afterwards: every acknowledged order reads back
 the same, new orders are taken, the rotated role's new pair is answered and
 its old pair is not, and no other role's key changed.
 """
@@ -10,38 +10,17 @@ its old pair is not, and no other role's key changed.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 
 from bazaar.testing.cluster import Cluster
+from tests import docblocks
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
+DOC = "docs/security.md"
 ROLES = ("catalog", "order1", "order2", "order3", "frontend", "client")
-
-
-def rotation_blocks() -> list[str]:
-    text = (ROOT / "docs" / "security.md").read_text()
-    section = text.split("## Rotating keys", 1)[1].split("\n## ", 1)[0]
-    return [textwrap.dedent(b).strip() for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
-
-
-def block_with(blocks: list[str], needle: str) -> str:
-    (block,) = [b for b in blocks if needle in b and "docker compose" not in b]
-    return block
-
-
-def shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def place_order(cluster: Cluster, i: int) -> tuple[int, dict]:
@@ -52,19 +31,17 @@ def place_order(cluster: Cluster, i: int) -> tuple[int, dict]:
 
 
 def test_rotating_one_roles_keys_as_the_doc_says(tmp_path):
-    blocks = rotation_blocks()
-    copy = block_with(blocks, "cp -a data/keys")
-    rotate = block_with(blocks, "rm data/keys/order2.key")
-    check = block_with(blocks, "--role order2")
+    copy = docblocks.containing(DOC, "cp -a data/keys")
+    rotate = docblocks.containing(DOC, "rm data/keys/order2.key")
+    check = docblocks.containing(DOC, "--role order2")
 
     work = tmp_path / "work"  # where `make run` would run: ./data/keys
     keys = work / "data" / "keys"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ)
     env.pop("BAZAAR_KEYS_DIR", None)  # the CLI finds data/keys as `make run` leaves it
     work.mkdir()
     (tmp_path / "cluster").mkdir()
-    made = shell("bazaar keys init data/keys", work, env)
-    assert made.returncode == 0, made.stderr
+    docblocks.run("bazaar keys init data/keys", work, env, checkout=False)
 
     cluster = Cluster(tmp_path / "cluster", extra_env={"BAZAAR_KEYS_DIR": str(keys)})
     try:
@@ -72,10 +49,9 @@ def test_rotating_one_roles_keys_as_the_doc_says(tmp_path):
         cluster.wait_healthy()
         placed = dict(place_order(cluster, i) for i in range(6))
 
-        assert shell(copy, work, env).returncode == 0
+        docblocks.run(copy, work, env, checkout=False)
         cluster.stop_all()
-        rotated = shell(rotate, work, env)
-        assert rotated.returncode == 0, rotated.stderr
+        docblocks.run(rotate, work, env, checkout=False)
 
         old = work / "keys-before-rotation"
         changed = {
@@ -95,13 +71,13 @@ def test_rotating_one_roles_keys_as_the_doc_says(tmp_path):
         number, _ = place_order(cluster, 6)
         assert number == max(placed) + 1
 
-        port = cluster.catalog_endpoint.rsplit(":", 1)[1]
         env["BAZAAR_CATALOG"] = cluster.catalog_endpoint  # so `bazaar call` knows whose port it is
-        old_pair, new_pair = check.replace(":5555", f":{port}").splitlines()
-        refused = shell(old_pair, work, env)
+        ports = {"catalog": cluster.catalog_port, "pub": cluster.pub_port}
+        ports.update({f"order{rid}": port for rid, port in cluster.order_ports.items()})
+        old_pair, new_pair = docblocks.pointed(check, cluster.http_port, ports).splitlines()
+        refused = docblocks.run(old_pair, work, env, check=False, checkout=False)
         assert refused.returncode != 0 and "pong" not in refused.stdout, refused
-        answered = shell(new_pair, work, env)
-        assert answered.returncode == 0, answered.stderr
+        answered = docblocks.run(new_pair, work, env, checkout=False)
         assert answered.stdout.strip(), "no answer printed"
     except BaseException:
         print(cluster.logs())
