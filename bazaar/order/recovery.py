@@ -65,9 +65,8 @@ class Recovery:
     """Mixin of `OrderReplica`: runs `Recovering` machines and carries out their actions."""
 
     def _recovering(self, mode: str, epoch: int | None = None) -> rec.Recovering:
-        return rec.Recovering(
-            self.machine, mode, epoch, ask_timeout=PEER_TIMEOUT + 0.5, wait_timeout=10.0
-        )
+        # A peer's answer is awaited a little longer than the call itself may take.
+        return rec.Recovering(self.machine, mode, epoch, ask_timeout=PEER_TIMEOUT + 0.5)
 
     def catch_up_from_peers(self) -> None:
         """Start-up: adopt the most up-to-date log among ours and our peers' (pages).
