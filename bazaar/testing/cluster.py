@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bazaar.testing.http_client import http_json
+from bazaar.testing.http_client import healthy, http_json
 from bazaar.testing.keys import session_keys_dir
 from bazaar.testing.ports import free_port
 from bazaar.testing.procs import stop_processes
@@ -181,11 +181,7 @@ class Cluster:
     def wait_healthy(self, timeout: float = 60.0) -> dict:
         """Wait until /health says ok; fail at once if a service that should run has died."""
 
-        def ok():
-            status, body = self.http("GET", "/health", timeout=2)
-            return body if status == 200 and body["data"]["status"] == "ok" else None
-
-        return self.wait_until(ok, timeout, msg="cluster healthy")
+        return self.wait_until(lambda: healthy(self.url, 2), timeout, msg="cluster healthy")
 
     def read_log(self, rid: int) -> list[list[str]]:
         """Replica `rid`'s records as text rows (number, name, type, quantity, key,

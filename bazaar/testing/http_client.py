@@ -24,3 +24,9 @@ def http_json(base_url: str, method: str, path: str, body=None, headers=None, ti
             return err.code, json.loads(raw)
         except ValueError:
             return err.code, raw
+
+
+def healthy(base_url: str, timeout: float) -> dict | None:
+    """The front end's /health body when it says `ok`, else None (a `wait_until` condition)."""
+    status, body = http_json(base_url, "GET", "/health", timeout=timeout)
+    return body if status == 200 and body["data"]["status"] == "ok" else None

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bazaar.testing.http_client import http_json
+from bazaar.testing.http_client import healthy, http_json
 from bazaar.testing.ports import free_port
 from bazaar.testing.waiting import wait_until
 
@@ -118,11 +118,7 @@ class MakeRun:
         return http_json(self.url, method, path, body, headers, timeout)
 
     def wait_healthy(self, timeout: float = 120.0) -> dict:
-        def ok():
-            status, body = self.http("GET", "/health", timeout=3)
-            return body if status == 200 and body["data"]["status"] == "ok" else None
-
-        return self.wait_until(ok, timeout, 0.2, "`make run` healthy")
+        return self.wait_until(lambda: healthy(self.url, 3), timeout, 0.2, "`make run` healthy")
 
     def __enter__(self) -> MakeRun:
         return self

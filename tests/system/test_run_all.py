@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from bazaar.testing.http_client import healthy
 from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -61,13 +62,8 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-
-        def healthy():
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=3) as r:
-                return json.loads(r.read())["data"]["status"] == "ok"
-
         wait_until(
-            healthy,
+            lambda: healthy(f"http://127.0.0.1:{http_port}", 3),
             120,
             interval=0.2,
             msg="run-all healthy",
