@@ -270,16 +270,17 @@ def cmd_prometheus(args) -> int:
 
 
 def cmd_doc_block(args) -> int:
-    """Print the ```sh block right after `<!-- test: MARKER -->` (as tests/ do for docs)."""
+    """Print the ```sh block right after `<!-- test: MARKER -->` (the tests' convention)."""
+    from bazaar.testing.docblocks import marked_block
+
     with open(args.file) as f:
-        text = f.read()
-    match = re.search(rf"<!-- test: {re.escape(args.marker)} -->\s*```sh\n(.*?)```", text, re.S)
-    if not match:
+        block = marked_block(f.read(), args.marker)
+    if block is None:
         print(
             f"{args.file} has no ```sh block marked <!-- test: {args.marker} -->", file=sys.stderr
         )
         return 1
-    print(match.group(1), end="")
+    print(block, end="")
     return 0
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from bazaar.testing.docblocks import marked_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTS = {"catalog": 5555, "pub": 5556, "order1": 5561, "order2": 5562, "order3": 5563}
 
@@ -30,10 +32,9 @@ def sh_blocks(doc: str) -> list[str]:
 
 def marked(doc: str, marker: str) -> str:
     """The ```sh block right after `<!-- test: marker -->` in `doc` (markers may be indented)."""
-    text = (ROOT / doc).read_text()
-    match = re.search(rf"<!-- test: {re.escape(marker)} -->\s*```sh\n(.*?)```", text, re.S)
-    assert match, f"{doc} has no ```sh block marked <!-- test: {marker} -->"
-    return dedent_block(match.group(1))
+    block = marked_block((ROOT / doc).read_text(), marker)
+    assert block is not None, f"{doc} has no ```sh block marked <!-- test: {marker} -->"
+    return dedent_block(block)
 
 
 def containing(doc: str, needle: str) -> str:
