@@ -160,8 +160,8 @@ class Replica(LogTail):
             )
         )
 
-    def _check_epoch(self, epoch: int, leader: int) -> SaveState | None:
-        """None when (epoch, leader) is the accepted one; SaveState when it must be
+    def _check_epoch(self, epoch: int, leader: int) -> list:
+        """[] when (epoch, leader) is the accepted one; [SaveState] when it must be
         saved first; ABORTED when it is stale. Changes nothing but the pending save."""
         newest, holder = self._newest_state()
         if epoch < newest or (epoch == newest and holder not in (None, leader)):
@@ -170,9 +170,9 @@ class Replica(LogTail):
                 newest,
             )
         if (epoch, leader) == (self.epoch, self.leader):
-            return None
+            return []
         self.pending_state = (epoch, leader)
-        return SaveState(epoch, leader)
+        return [SaveState(epoch, leader)]
 
     def on_saved(self, epoch: int, leader: int | None) -> list:
         """The driver persisted `SaveState(epoch, leader)`: now the machine moves to it."""
@@ -197,14 +197,12 @@ class Replica(LogTail):
     def on_set_leader(self, leader: int, epoch: int) -> list:
         """`set_leader`: raises ABORTED if stale; [SaveState] to persist (then `on_saved`);
         [] once accepted. When it names us, the service recovers us."""
-        save = self._check_epoch(epoch, leader)
-        return [save] if save is not None else []
+        return self._check_epoch(epoch, leader)
 
     def on_promise(self, leader: int, epoch: int) -> list:
         """A new leader's catch-up carries its epoch: once saved we refuse the old leader;
         the promise is given only when this returns [] (the epoch is accepted)."""
-        save = self._check_epoch(epoch, leader)
-        return [save] if save is not None else []
+        return self._check_epoch(epoch, leader)
 
     def fenced(self, epoch: int) -> list:
         """The catalog (or a peer) knows a higher epoch: stop leading at once."""
@@ -220,8 +218,8 @@ class Replica(LogTail):
         if numbers != list(range(msg.prev_number + 1, msg.prev_number + 1 + len(numbers))):
             raise BazaarError("INVALID_ARGUMENT", "records must follow prev_number, consecutively")
         save = self._check_epoch(msg.epoch, msg.leader)
-        if save is not None:
-            return [save], None
+        if save:
+            return save, None
         actions: list = []
         if msg.prev_number > self.last_number:
             return actions, ReplicateReply(self.epoch, False, self.last_number, -1, msg.prev_number)
