@@ -181,7 +181,10 @@ class Cluster:
     def wait_healthy(self, timeout: float = 60.0) -> dict:
         """Wait until /health says ok; fail at once if a service that should run has died."""
 
-        return self.wait_until(lambda: healthy(self.url, 2), timeout, msg="cluster healthy")
+        def ok():
+            return healthy(*self.http("GET", "/health", timeout=2))
+
+        return self.wait_until(ok, timeout, msg="cluster healthy")
 
     def read_log(self, rid: int) -> list[list[str]]:
         """Replica `rid`'s records as text rows (number, name, type, quantity, key,

@@ -118,7 +118,10 @@ class MakeRun:
         return http_json(self.url, method, path, body, headers, timeout)
 
     def wait_healthy(self, timeout: float = 120.0) -> dict:
-        return self.wait_until(lambda: healthy(self.url, 3), timeout, 0.2, "`make run` healthy")
+        def ok():
+            return healthy(*self.http("GET", "/health", timeout=3))
+
+        return self.wait_until(ok, timeout, 0.2, "`make run` healthy")
 
     def __enter__(self) -> MakeRun:
         return self

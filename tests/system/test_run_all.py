@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from bazaar.testing.http_client import healthy
+from bazaar.testing.http_client import healthy, http_json
 from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -63,7 +63,9 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
     t.start()
     try:
         wait_until(
-            lambda: healthy(f"http://127.0.0.1:{http_port}", 3),
+            lambda: healthy(
+                *http_json(f"http://127.0.0.1:{http_port}", "GET", "/health", timeout=3)
+            ),
             120,
             interval=0.2,
             msg="run-all healthy",
