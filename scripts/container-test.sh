@@ -55,7 +55,10 @@ T0=$SECONDS
 
 say() { printf '[container-test %4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
 skip() { say "SKIP: $*"; exit 0; }
-die() { say "FAIL: $*"; exit 1; }
+# The reason is said again as the last line: CI shows only the log's tail,
+# and the stack's logs printed on failure would push it out of sight.
+FAIL_REASON=
+die() { FAIL_REASON="$*"; say "FAIL: $*"; exit 1; }
 
 # ---------------------------------------------------------------- can we run?
 [[ "${BAZAAR_CONTAINER_TEST:-}" == skip ]] && skip "BAZAAR_CONTAINER_TEST=skip"
@@ -118,6 +121,7 @@ cleanup() {
             echo "----- $c ($(podman inspect -f '{{.State.Status}} exit={{.State.ExitCode}}' "$c" 2>/dev/null))" >&2
             podman logs --tail 25 "$c" 2>&1 | sed 's/^/    /' >&2
         done
+        say "containers: $(podman ps -a --format '{{.Names}}={{.State}}' 2>/dev/null | sed "s/^${PROJECT}_//" | tr '\n' ' ')"
         if [[ "${BAZAAR_KEEP:-}" == 1 ]]; then
             say "BAZAAR_KEEP=1: stack left running; clean up with: source scripts/podman-env.sh $PODMAN_ENV_DIR && podman_env_teardown; rm -rf $WORK"
             exit "$rc"
@@ -134,7 +138,7 @@ cleanup() {
     [[ -n "$compose_up" ]] && timeout 60 "${COMPOSE[@]}" down --volumes --timeout 2 >/dev/null 2>&1
     podman_env_teardown
     rm -rf "$WORK"
-    if [[ $rc -eq 0 ]]; then say "PASS ($((SECONDS - T0))s)"; else say "FAILED (exit $rc) after $((SECONDS - T0))s"; fi
+    if [[ $rc -eq 0 ]]; then say "PASS ($((SECONDS - T0))s)"; else say "FAILED (exit $rc) after $((SECONDS - T0))s${FAIL_REASON:+: $FAIL_REASON}"; fi
     exit "$rc"
 }
 trap cleanup EXIT
