@@ -1,406 +1,106 @@
-"""The `bazaar` command: run a role, call any RPC method, run all services, export, back up, load test, keys.
+"""The `bazaar` command's entry point: service roles start here without loading click.
 
-Roles are looked up lazily so `bazaar call` stays fast and light. Each role
-module exposes `run(config, stop)`, which serves until the `stop` event is set;
-this module turns SIGTERM/SIGINT into that event.
+`bazaar catalog [--data-dir D]`, `bazaar order [--id N] [--data-dir D]` and
+`bazaar frontend [--port N]` are what every service process runs (`make
+run`, the image's ENTRYPOINT, the tests' clusters, `python -m bazaar.cli`,
+the launchers catalog.py / order.py / frontend.py). `parse_role` reads
+those flags with a few lines of its own and `main` hands them straight to
+`bazaar.role.start`: the click app (`bazaar.commands`) would cost each
+service ~2.2 MB of RSS for a parser it uses once, and argparse another
+~0.3 MB (docs/performance.md, "Footprint").
+
+The click app stays the one definition of the command line. `parse_role`
+takes only the plain forms it can read exactly as click would (`--flag
+VALUE`, `--flag=VALUE`, a value click would accept); anything else (other
+commands, --help, --version, a flag it does not know, a value click would
+refuse) goes to `bazaar.commands.main` unchanged, so help texts, error
+messages and exit codes are click's in every case.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import logging
-import signal
+import os
+import stat
 import sys
-import threading
-from collections import Counter
+from collections.abc import Callable
 
-import click
 
-import bazaar
-from bazaar import config as configmod
-from bazaar import security
-from bazaar.errors import BazaarError
+def _replica_id(text: str) -> int | None:  # click.IntRange(min=1)
+    number = int(text)
+    return number if number >= 1 else None
 
-ROLES = {
-    "catalog": "bazaar.catalog.service",
-    "order": "bazaar.order.service",
-    "frontend": "bazaar.frontend.server",
+
+def _port(text: str) -> int | None:  # click.IntRange(1, 65535)
+    number = int(text)
+    return number if 1 <= number <= 65535 else None
+
+
+def _directory(text: str) -> str | None:
+    """click.Path(file_okay=False): a path that is not there, or a readable non-file."""
+    try:
+        mode = os.stat(text).st_mode
+    except OSError:
+        return text
+    return None if stat.S_ISREG(mode) or not os.access(text, os.R_OK) else text
+
+
+# Per role: flag -> (keyword of bazaar.role.start, parse). As declared in bazaar.commands;
+# tests/unit/test_cli_lean.py holds the two to the same flags.
+FLAGS: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
+    "catalog": {"--data-dir": ("data_dir", _directory)},
+    "order": {"--id": ("order_id", _replica_id), "--data-dir": ("data_dir", _directory)},
+    "frontend": {"--port": ("http_port", _port)},
 }
 
 
-def _load_config(**overrides) -> configmod.Config:
-    try:
-        return configmod.from_env().with_(**overrides)
-    except configmod.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _setup_logging(level: str, name: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _cannot_listen(err: Exception) -> bool:
-    """A bind failure of a ZeroMQ socket or of the HTTP server."""
-    import errno
-
-    import zmq
-
-    if isinstance(err, zmq.ZMQError | OSError) and err.errno in (
-        errno.EADDRINUSE,
-        errno.EADDRNOTAVAIL,
-        errno.EACCES,
-    ):
-        return True
-    return isinstance(err, OSError) and str(err).startswith("cannot listen on")
-
-
-class _StopEvent(threading.Event):
-    """The stop event a role waits on in the main thread; its wait() wakes every 0.1 s.
-
-    Python runs a signal handler only in the main thread, once that thread is
-    back in the interpreter. The kernel may deliver SIGTERM to any thread that
-    does not block it (our worker threads do not), and then a main thread
-    blocked in a plain `Event.wait()` is never woken to run the handler: the
-    service ignored SIGTERM until killed (seen under `make run` right after
-    load). A wait that wakes now and then runs the handler within 0.1 s.
-    """
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if timeout is not None:
-            return super().wait(timeout)
-        while not super().wait(0.1):
-            pass
-        return True
-
-
-def serve_role(role: str, cfg: configmod.Config) -> None:
-    """Run one role in this process until SIGTERM or SIGINT."""
-    stop = _StopEvent()
-
-    def on_signal(_signum, _frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    module = importlib.import_module(ROLES[role])
-    from bazaar import metrics
-
-    try:
-        exposition = metrics.serve(cfg.bind_host, cfg.metrics_port)
-    except OSError as exc:
-        raise click.ClickException(f"BAZAAR_METRICS_PORT {cfg.metrics_port}: {exc}") from None
-    try:
-        module.run(cfg, stop)
-    except BazaarError as err:
-        raise click.ClickException(f"{err.code}: {err.message}") from None
-    except (configmod.ConfigError, security.KeysError) as err:
-        raise click.ClickException(str(err)) from None
-    except Exception as err:
-        if not _cannot_listen(err):
-            raise
-        # A port in use or an address not on this host: one line, not a traceback.
-        text = str(err) if str(err).startswith("cannot listen") else f"cannot listen: {err}"
-        raise click.ClickException(f"{role}: {text}") from None
-    finally:
-        if exposition is not None:
-            exposition.stop()
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-# The code's own version, not the installed metadata's: after `git checkout` of
-# another release, `make run` reinstalls only when pyproject.toml changed, and a
-# version bump does not change it.
-@click.version_option(version=bazaar.__version__, prog_name="bazaar")
-def main() -> None:
-    """Stock Bazaar: run services, call them, load them."""
-
-
-@main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
-def catalog(data_dir):
-    """Run the catalog service."""
-    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
-    _setup_logging(cfg.log_level, "catalog")
-    serve_role("catalog", cfg)
-
-
-@main.command()
-@click.option("--id", "order_id", type=click.IntRange(min=1), help="Overrides BAZAAR_ORDER_ID.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
-def order(order_id, data_dir):
-    """Run one order replica."""
-    cfg = _load_config(order_id=order_id, data_dir=data_dir and configmod.Path(data_dir))
-    if cfg.order_id is None:
-        raise click.ClickException("order: give --id N or set BAZAAR_ORDER_ID")
-    if cfg.order_id not in cfg.order_replicas:
-        raise click.ClickException(
-            f"order: id {cfg.order_id} is not in BAZAAR_ORDER_REPLICAS "
-            f"({', '.join(map(str, cfg.order_replicas))})"
-        )
-    _setup_logging(cfg.log_level, f"order{cfg.order_id}")
-    serve_role("order", cfg)
-
-
-@main.command()
-@click.option("--port", type=click.IntRange(1, 65535), help="Overrides BAZAAR_HTTP_PORT.")
-def frontend(port):
-    """Run the HTTP front end."""
-    cfg = _load_config(http_port=port)
-    _setup_logging(cfg.log_level, "frontend")
-    serve_role("frontend", cfg)
-
-
-@main.command("run-all")
-def run_all():
-    """Run catalog, order 1-3 and the front end; logs prefixed by service, Ctrl-C stops all."""
-    cfg = _load_config()  # a bad BAZAAR_* value is one clear line here, not five tracebacks
-    if not cfg.insecure:  # first start: the cluster's keys, next to the data
-        _init_keys(cfg.keys_path)
-    from bazaar.supervise import run_all as supervise
-
-    sys.exit(supervise())
-
-
-def _parse_value(text: str):
-    """`key=value` values: JSON when they parse (numbers, true, null, lists), else strings."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _init_keys(directory) -> None:
-    try:
-        made = security.init_keys(directory)
-    except (OSError, security.KeysError) as exc:
-        raise click.ClickException(f"keys in {directory}: {exc}") from None
-    if made:
-        click.echo(f"made keys for {', '.join(made)} in {directory}", err=True)
-
-
-@main.group()
-def keys():
-    """The cluster's CurveZMQ keys."""
-
-
-@keys.command("init")
-@click.argument("directory", type=click.Path(file_okay=False))
-def keys_init(directory):
-    """Make a key pair per role in DIRECTORY (never overwrites; exit 0 when present)."""
-    _init_keys(directory)
-
-
-def _server_role(cfg: configmod.Config, endpoint: str) -> str | None:
-    """The role serving ENDPOINT according to BAZAAR_* (by endpoint, then by port).
-
-    A port only names a role when one service has it: on separate hosts the
-    replicas may share one (deploy/kubernetes: 5561 on every replica)."""
-    servers = {cfg.catalog: "catalog"} | {
-        ep: security.replica_role(rid) for rid, ep in cfg.order_replicas.items()
-    }
-    if endpoint in servers:
-        return servers[endpoint]
-    ports = Counter(ep.rsplit(":", 1)[1] for ep in servers)
-    by_port = {ep.rsplit(":", 1)[1]: role for ep, role in servers.items()}
-    port = endpoint.rsplit(":", 1)[-1]
-    return by_port[port] if ports[port] == 1 else None
-
-
-@main.command()
-@click.argument("endpoint")
-@click.argument("method")
-@click.argument("args", nargs=-1)
-@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds.")
-@click.option(
-    "--keys",
-    "keys_dir",
-    type=click.Path(file_okay=False),
-    help="The cluster's keys (default: BAZAAR_KEYS_DIR, else <data dir>/keys).",
-)
-@click.option(
-    "--role",
-    default="client",
-    show_default=True,
-    type=click.Choice(security.ROLES),
-    help="Speak as.",
-)
-@click.option(
-    "--server",
-    "server_role",
-    type=click.Choice(security.ROLES[:-1]),
-    help="Role of the service at ENDPOINT (default: found from BAZAAR_* by endpoint or port).",
-)
-def call(endpoint, method, args, timeout, keys_dir, role, server_role):
-    """Call METHOD on the service at ENDPOINT with key=value arguments; prints JSON.
-
-    Speaks CurveZMQ with the `client` key (read-only methods) unless
-    BAZAAR_INSECURE=1."""
-    from bazaar import rpc
-
-    kwargs = {}
-    for item in args:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.UsageError(f"argument {item!r} is not key=value")
-        kwargs[key] = _parse_value(value)
-    cfg = _load_config(keys_dir=keys_dir and configmod.Path(keys_dir))
-    creds = None
-    if not cfg.insecure or keys_dir:
-        server_role = server_role or _server_role(cfg, endpoint)
-        if server_role is None:
-            raise click.UsageError(f"which service is {endpoint}? say --server ROLE")
+def parse_role(argv: list[str]) -> tuple[str, dict[str, object]] | None:
+    """(role, overrides) for a role command in a plain form; None: let click read it."""
+    if not argv or argv[0] not in FLAGS:
+        return None
+    flags = FLAGS[argv[0]]
+    overrides: dict[str, object] = {}
+    rest = iter(argv[1:])
+    for token in rest:
+        flag, sep, value = token.partition("=")
+        if flag not in flags:
+            return None
+        if not sep:
+            value = next(rest, None)
+            if value is None:
+                return None
+        if value.startswith("-"):  # click may read it as a flag or a value: its call
+            return None
+        keyword, parse = flags[flag]
         try:
-            creds = security.load_keys(cfg.keys_path, role)
-        except security.KeysError as exc:
-            raise click.ClickException(str(exc)) from None
+            parsed = parse(value)
+        except ValueError:
+            return None
+        if parsed is None:
+            return None
+        overrides[keyword] = parsed  # a repeated flag: the last one wins, as in click
+    return argv[0], overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`bazaar ARGS...`: a role in a plain form runs here; everything else is click's."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    parsed = parse_role(args)
+    if parsed is None:
+        from bazaar.commands import main as click_main
+
+        click_main(args)
+        return
+    role, overrides = parsed
+    from bazaar import role as rolemod
+
     try:
-        result = rpc.call(
-            endpoint, method, kwargs, timeout=timeout, keys=creds, server_role=server_role
-        )
-    except BazaarError as err:
-        click.echo(f"{err.code}: {err.message}", err=True)
+        rolemod.start(role, **overrides)
+    except rolemod.RoleError as exc:
+        print(f"Error: {exc}", file=sys.stderr)  # the line click prints for a ClickException
         sys.exit(1)
-    click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
-
-
-@main.group()
-def export():
-    """Print a service's data as the seed's CSV on stdout (safe while it runs)."""
-
-
-@export.command("market")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
-def export_market(data_dir):
-    """The catalog's market: name,price,quantity,volume,max_volume (empty max_volume: no limit)."""
-    from bazaar.catalog.export import ExportError, market_csv
-
-    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
-    try:
-        text = market_csv(cfg.data_dir)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(text, nl=False)
-
-
-@export.command("orders")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
-@click.option(
-    "--replica",
-    type=click.IntRange(min=1),
-    help="Replica id (default: BAZAAR_ORDER_ID, else the only orders-<id>.db in the dir).",
-)
-def export_orders(data_dir, replica):
-    """Print a replica's order log as CSV: number,name,type,quantity."""
-    import csv
-
-    from bazaar.order.log import db_path, read_only_rows
-
-    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
-    replica = replica or cfg.order_id
-    if replica is None:
-        found = sorted(cfg.data_dir.glob("orders-*.db"))
-        if len(found) != 1:
-            names = ", ".join(p.name for p in found) or "none"
-            raise click.ClickException(
-                f"export orders: give --replica N (order logs in {cfg.data_dir}: {names})"
-            )
-        replica = int(found[0].stem.removeprefix("orders-"))
-    rows = read_only_rows(db_path(cfg.data_dir, replica), "number, name, type, quantity")
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    try:
-        first = next(rows, None)  # opens the database: a missing one fails before any output
-        writer.writerow(("number", "name", "type", "quantity"))
-        if first is not None:
-            writer.writerow(first)
-            writer.writerows(rows)
-    except BazaarError as err:
-        raise click.ClickException(f"{err.code}: {err.message}") from None
-
-
-@main.command()
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Overrides BAZAAR_DATA_DIR.")
-def backup(directory, data_dir):
-    """Copy every database of the data dir into DIRECTORY while the services run.
-
-    Each file is one consistent state (SQLite's online backup); order logs are
-    copied before the catalog. docs/deploy.md says how to restore.
-    """
-    from bazaar.backup import BackupError
-    from bazaar.backup import backup as run_backup
-
-    cfg = _load_config(data_dir=data_dir and configmod.Path(data_dir))
-    try:
-        copied = run_backup(cfg.data_dir, configmod.Path(directory))
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
-    for item in copied:
-        click.echo(f"{directory}/{item.name}: {item.rows} {item.what}, {item.bytes} bytes")
-
-
-def _default_url() -> str:
-    try:
-        return f"http://127.0.0.1:{configmod.from_env().http_port}"
-    except configmod.ConfigError:
-        return "http://127.0.0.1:8080"
-
-
-@main.command()
-@click.option("--url", default=_default_url, show_default="http://127.0.0.1:$BAZAAR_HTTP_PORT")
-@click.option("--sessions", "-n", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--requests", "-m", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option(
-    "-p",
-    "prob",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Probability that an iteration also places an order.",
-)
-@click.option("--seed", type=int, help="Random seed (printed; random when not given).")
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False),
-    help="PNG: latency histograms, or the sweep plot with --sweep.",
-)
-@click.option("--sweep", help="Comma-separated probabilities, e.g. 0,0.2,0.4,0.6,0.8.")
-@click.option("--stocks", help="Comma-separated stock names (default: the four seed stocks).")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Per request, s.")
-@click.option(
-    "--error-tolerance",
-    type=click.FloatRange(0, 1),
-    default=0.001,
-    show_default=True,
-    help="Fraction of requests allowed to fail unexpectedly.",
-)
-def load(url, sessions, requests, prob, seed, plot, sweep, stocks, timeout, error_tolerance):
-    """Closed-loop load against the front end; verifies every acknowledged order."""
-    from bazaar import load as loadmod
-
-    try:
-        sweep_ps = loadmod.parse_floats(sweep) if sweep else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--sweep") from None
-    names = [s.strip() for s in stocks.split(",") if s.strip()] if stocks else None
-    code = loadmod.main(
-        url,
-        sessions,
-        requests,
-        prob,
-        seed=seed,
-        plot=plot,
-        sweep=sweep_ps,
-        stocks=names or loadmod.DEFAULT_STOCKS,
-        timeout=timeout,
-        error_tolerance=error_tolerance,
-        out=click.echo,
-    )
-    sys.exit(code)
+    except KeyboardInterrupt:  # before the role's own SIGINT handler: as click says it
+        print("\nAborted!", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Memory footprint of the five services (goal: <= 150 MB in total).
+"""Memory footprint of the five services (goal: <= 120 MB of RSS in total).
 
 Starts catalog, order 1-3 and the front end as native processes (the same
 `python -m bazaar.cli <role>` the system tests run), measures each one's
@@ -64,7 +64,7 @@ from bazaar.testing.waiting import wait_until  # noqa: E402
 from bench.catalog_history import history as catalog_history  # noqa: E402
 
 SERVICES = ("catalog", "order1", "order2", "order3", "frontend")
-GOAL_MB = 150
+GOAL_MB = 120
 ROLE_MODULES = {
     "catalog": "bazaar.catalog.service",
     "order": "bazaar.order.service",

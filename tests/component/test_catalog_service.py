@@ -369,7 +369,7 @@ def test_run_serves_until_stop_and_returns_promptly(data_dir):
 def test_export_market_while_the_catalog_runs(service, client, data_dir):
     from click.testing import CliRunner
 
-    from bazaar.cli import main
+    from bazaar.commands import main
 
     client.call("trade", **trade_args("k", "Capped", "sell", 5))
     done = CliRunner().invoke(main, ["export", "market", "--data-dir", str(data_dir)])
@@ -391,7 +391,7 @@ def test_export_market_while_the_catalog_runs(service, client, data_dir):
 def test_export_market_without_a_database_is_a_clear_error(tmp_path):
     from click.testing import CliRunner
 
-    from bazaar.cli import main
+    from bazaar.commands import main
 
     done = CliRunner().invoke(main, ["export", "market", "--data-dir", str(tmp_path)])
     assert done.exit_code == 1

@@ -10,7 +10,7 @@ from unittest import mock
 from click.testing import CliRunner
 
 from bazaar.catalog.service import CatalogService
-from bazaar.cli import main
+from bazaar.commands import main
 from bazaar.config import Config
 from tests.conftest import KEYS_DIR
 

@@ -5,7 +5,7 @@ import sqlite3
 from click.testing import CliRunner
 
 from bazaar.backup import databases
-from bazaar.cli import main
+from bazaar.commands import main
 
 
 def make_db(path, table, rows):

@@ -1,7 +1,7 @@
-"""`bazaar call` finds the role of the service it calls from BAZAAR_* (cli._server_role)."""
+"""`bazaar call` finds the role of the service it calls from BAZAAR_* (commands._server_role)."""
 
 from bazaar import config
-from bazaar.cli import _server_role
+from bazaar.commands import _server_role
 
 ONE_HOST = config.from_env({})  # the defaults: one port per replica on 127.0.0.1
 HOSTS = config.from_env(

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import bazaar
-from bazaar.cli import main
+from bazaar.commands import main
 from bazaar.frontend.app import close_app, create_app
 from bazaar.frontend.cache import LookupCache
 from bazaar.testing.frontend_fakes import FakeCatalogClient, FakeOrders

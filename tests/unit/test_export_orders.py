@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bazaar.cli import main
+from bazaar.commands import main
 from bazaar.order.log import OrderLog, Record
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "orders-40bb7ee"

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from bazaar import config, security
-from bazaar.cli import main
+from bazaar.commands import main
 from bazaar.errors import http_status
 
 
