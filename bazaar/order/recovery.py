@@ -100,9 +100,16 @@ class Recovery:
         took = (time.monotonic() - started) * 1000
         log.info("order %s leads epoch %s (recovered in %.0f ms)", self.id, epoch, took)
 
-    def _run_recovery(self, run: rec.Recovering) -> rec.Recovering:
-        """Drive `run` until it finishes (or the replica stops); blocking, on this thread."""
-        pool = ThreadPoolExecutor(len(self.peers) + 1, thread_name_prefix=f"order{self.id}-rec")
+    def _run_recovery(
+        self, run: rec.Recovering, pool: ThreadPoolExecutor | None = None
+    ) -> rec.Recovering:
+        """Drive `run` until it finishes (or the replica stops); blocking, on this thread.
+
+        Its RPCs run on `pool`, or on a pool of its own that goes with it.
+        """
+        own = pool is None
+        if own:
+            pool = self._request_pool("rec")
         try:
             with self._lock:
                 self._carry_out(run, run.start(time.monotonic()), pool)
@@ -117,7 +124,12 @@ class Recovery:
                         wake = min(run.wake_at(), time.monotonic() + IDLE_WAIT)
                         self._changed.wait(max(0.0, wake - time.monotonic()))
         finally:
-            pool.shutdown(wait=False)
+            if own:
+                pool.shutdown(wait=False)
+
+    def _request_pool(self, name: str) -> ThreadPoolExecutor:
+        # A thread per peer and one for the catalog: a run's requests never wait for a thread.
+        return ThreadPoolExecutor(len(self.peers) + 1, thread_name_prefix=f"order{self.id}-{name}")
 
     def _carry_out(self, run: rec.Recovering, actions: list, pool) -> None:
         """Under the lock: the machine's requests go to the pool, the replica's are performed."""
@@ -205,6 +217,18 @@ class Recovery:
         indexed counts per second), so the reconciliation of its first
         leadership does not count from zero through a long history.
         """
+        # One pool for all the reconcile runs: a pool per run started (and
+        # dropped) a thread every second for as long as the replica leads.
+        # Runs follow one another on this thread, and a run's requests end
+        # within their timeouts, so a run rarely waits for a thread freed by
+        # the previous one.
+        pool = self._request_pool("reconcile")
+        try:
+            self._reconcile_every_second(pool)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _reconcile_every_second(self, pool: ThreadPoolExecutor) -> None:
         while not self._stop.wait(RECONCILE_EVERY):
             with self._lock:
                 epoch, serving = self.machine.epoch, self._serving
@@ -213,7 +237,7 @@ class Recovery:
                     self.log.trade_watermark()
                 continue
             try:
-                run = self._run_recovery(self._recovering(rec.RECONCILE, epoch))
+                run = self._run_recovery(self._recovering(rec.RECONCILE, epoch), pool)
             except Exception:
                 log.exception("order %s: reconcile crashed", self.id)
                 continue

@@ -34,6 +34,7 @@ class FakeCatalog:
         self.by_key: dict[str, dict] = {}
         self.fenced = 0
         self.fenced_by = None
+        self.trades_since_calls = 0  # a leader's reconcile runs, counted
         self.quantity: dict[str, int] = dict.fromkeys(stocks, quantity)
         self.volume: dict[str, int] = dict.fromkeys(stocks, 0)
         for name in ("trade", "fence", "trades_since", "lookup"):
@@ -94,6 +95,7 @@ class FakeCatalog:
 
     def trades_since(self, after, limit=None):
         with self.lock:
+            self.trades_since_calls += 1
             trades = [t for t in self.trades if t["seq"] > after][: limit or None]
             return {"trades": trades, "last_seq": len(self.trades)}
 

@@ -195,6 +195,34 @@ def test_orphaned_catalog_trade_is_committed_by_the_next_leader(trio, catalog):
     assert trio.order(2, key="orphan", name="FishCo", type="sell", quantity=7) == 1
 
 
+def test_a_leader_reconciles_on_one_thread_not_a_new_one_each_second(trio, catalog, monkeypatch):
+    """The reconcile runs (every second while leading) share a request pool."""
+    trio.elect(3)
+    trio.order(3)
+    started: list[str] = []  # names of the threads started from now on
+    real_start = threading.Thread.start
+
+    def start(thread):
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    catalog.trade("orphan", "FishCo", "sell", 7, epoch=1, leader=3)  # a leader traded, then died
+    orphan = {"number": 1, "name": "FishCo", "type": "sell", "quantity": 7}
+
+    def reconciled():  # by a run on the shared pool, not by an order with its key
+        try:
+            return trio.clients[3].call("get_order", number=1) == orphan
+        except BazaarError:
+            return False
+
+    wait_until(reconciled, 10, msg="the orphaned trade in the log")
+    runs = catalog.trades_since_calls
+    wait_until(lambda: catalog.trades_since_calls >= runs + 4, 10, msg="four more reconcile runs")
+    request_threads = [n for n in started if n.startswith("order3-rec")]
+    assert 1 <= len(request_threads) <= 2, request_threads
+
+
 @pytest.mark.usefixtures("catalog")
 def test_deposed_leader_cannot_commit(trio):
     trio.elect(3)
