@@ -173,6 +173,23 @@ say "base image: $BASE"
 # Docker Hub answers, else deploy/prometheus-image (Debian's prometheus on the
 # same base, laid out like the official image), built in the background while
 # the bazaar image builds.
+# build TIMEOUT ARGS...: `podman build`, tried three times. The builds
+# download (pip, apt) and a DNS lookup that times out under load fails the
+# whole build ("Temporary failure in name resolution", seen at load 14); the
+# layers already built are cached, so a retry costs only the failed step.
+# Host networking: the build's lookups use the host's resolver as it is, not
+# the stack's tight dns_options (scripts/podman-env.sh).
+build() {
+    local limit="$1" attempt
+    shift
+    for attempt in 1 2 3; do
+        timeout "$limit" podman build --quiet --network host "$@" >/dev/null && return 0
+        say "  podman build ${*: -1} failed (attempt $attempt of 3)"
+        sleep $((attempt * 5))
+    done
+    return 1
+}
+
 PROM_OFFICIAL="$(grep -o 'BAZAAR_PROMETHEUS_IMAGE:-[^}]*' docker-compose.yml | cut -d- -f2-)"
 PROM_IMAGE="${BAZAAR_PROMETHEUS_IMAGE:-}"
 prometheus_image() {
@@ -181,8 +198,8 @@ prometheus_image() {
     elif [[ "$BASE" == docker.io/* ]] && timeout 120 podman pull --quiet "docker.io/$PROM_OFFICIAL" >/dev/null; then
         echo "docker.io/$PROM_OFFICIAL" >"$WORK/prom.image"
     else
-        timeout 600 podman build --quiet --build-arg "BASE_IMAGE=$BASE" --tag "localhost/bazaar-prometheus:ct$$" \
-            deploy/prometheus-image >/dev/null && echo "localhost/bazaar-prometheus:ct$$" >"$WORK/prom.image"
+        build 600 --build-arg "BASE_IMAGE=$BASE" --tag "localhost/bazaar-prometheus:ct$$" \
+            deploy/prometheus-image && echo "localhost/bazaar-prometheus:ct$$" >"$WORK/prom.image"
     fi
 }
 [[ -n "$PROM_IMAGE" ]] && echo "$PROM_IMAGE" >"$WORK/prom.image"
@@ -196,8 +213,9 @@ build_args=(--build-arg "BASE_IMAGE=$BASE" --tag "$IMAGE" --file Dockerfile)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] \
     && build_args+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 say "podman build ($IMAGE)"
-timeout 1200 podman build --quiet "${build_args[@]}" . >/dev/null 2>"$WORK/build.err" \
+build 1200 "${build_args[@]}" . 2>"$WORK/build.err" \
     || { tail -40 "$WORK/build.err" >&2; die "image build failed"; }
+grep -h 'failed (attempt' "$WORK/build.err" >&2 || true  # retried: say so
 say "image size: $(podman image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 
 say "image smoke: --version, non-root user, no build tools in the venv"
@@ -345,6 +363,7 @@ for _ in $(seq 60); do
     sleep 1
 done
 wait "$prom_pid" || { tail -30 "$WORK/prom.log" >&2; die "no Prometheus image (pull or build of deploy/prometheus-image failed)"; }
+grep -h 'failed (attempt' "$WORK/prom.log" >&2 || true
 prom_pid=
 export BAZAAR_PROMETHEUS_IMAGE="$(cat "$WORK/prom.image")"
 say "  Prometheus image: $BAZAAR_PROMETHEUS_IMAGE ($PROM_URL)"
