@@ -13,6 +13,8 @@ exactly what production runs.
   survive a lost replica.
 - On Linux each child gets PDEATHSIG=SIGTERM, so even a SIGKILLed supervisor
   leaves no service behind.
+- Each child gets MALLOC_ARENA_MAX=2 unless the environment says otherwise,
+  as in the image.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ SERVICES: tuple[tuple[str, list[str]], ...] = (
 STARTUP_SECONDS = 5.0
 STARTED = "start-up over: a service that exits now is reported, the others go on"
 STOP_GRACE = 5.0
+# glibc gives every thread that allocates an arena of its own (up to 8 per
+# core); the services' worker pools and zmq's I/O threads then hold ~0.4 MB
+# of RSS each for nothing (docs/performance.md, "Footprint"). 2, as the image
+# sets it (Dockerfile); a value in the environment wins. Read by glibc when a
+# process starts, so it is given to the children, not set here.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 _PRCTL = None
@@ -66,7 +74,7 @@ class Supervisor:
             self.out.flush()
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {**MALLOC_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
         for name, args in self.services:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bazaar.cli", *args],

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bazaar.supervise import MALLOC_ENV
 from bazaar.testing.http_client import healthy, http_json
 from bazaar.testing.keys import session_keys_dir
 from bazaar.testing.ports import free_port
@@ -87,7 +88,7 @@ class Cluster:
         return self.data_dir("catalog") / "catalog.csv"
 
     def env(self, name: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**MALLOC_ENV, **os.environ}  # glibc's arenas as `make run` and the image set them
         env.update(
             BAZAAR_CATALOG=self.catalog_endpoint,
             BAZAAR_CATALOG_PUB=self.pub_endpoint,

@@ -42,6 +42,7 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
         PYTHONUNBUFFERED="1",
     )
     env.pop("BAZAAR_KEYS_DIR")  # a fresh clone: run-all makes them in <data dir>/keys
+    env.pop("MALLOC_ARENA_MAX", None)  # run-all's own default is what is checked
     proc = subprocess.Popen(
         [sys.executable, "-m", "bazaar.cli", "run-all"],
         env=env,
@@ -83,6 +84,9 @@ def test_run_all_starts_five_services_and_sigint_stops_them(tmp_path):
                 pids[m.group(1)] = int(m.group(2))
         assert set(pids) == set(NAMES), lines[:10]
         assert all(alive(pid) for pid in pids.values())
+        for pid in pids.values():  # glibc's arenas as the image sets them (supervise.MALLOC_ENV)
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                assert b"MALLOC_ARENA_MAX=2" in fh.read().split(b"\0")
         # The cluster's keys were made on this first start, secrets for the owner only.
         keys = tmp_path / "data" / "keys"
         for role in ("catalog", "order1", "order2", "order3", "frontend", "client"):
