@@ -27,6 +27,10 @@ from bazaar.catalog.market import Fence, Stock, Trade
 
 DB_FILE = "catalog.db"
 SCHEMA_VERSION = 1
+# Page cache per connection (the store keeps three open): bounded, like the order
+# log's; SQLite's default is 2,000 KiB each. Look-ups missing it read pages the OS
+# caches anyway (docs/performance.md, "Footprint").
+CACHE_KIB = 512
 
 _SCHEMA = (
     """CREATE TABLE market (
@@ -84,6 +88,7 @@ def connect(path: Path, *, writer: bool = False, readonly: bool = False) -> sqli
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if writer:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":

@@ -101,6 +101,13 @@ def test_database_is_wal_with_full_sync(catalog):
     assert catalog._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_every_connection_has_a_bounded_page_cache(catalog):
+    # SQLite's default (2,000 KiB) would let each of the three grow to ~2 MB of RSS.
+    for conn in (catalog._writer, catalog._key_reader, catalog._page_reader):
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -db.CACHE_KIB
+    assert db.CACHE_KIB <= 512
+
+
 def test_hand_written_market_file_is_imported(limited):
     assert limited.lookup("Capped") == {
         "name": "Capped",
