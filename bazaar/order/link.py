@@ -3,14 +3,17 @@
 Owns the thread that moves the machine's `Send` actions to the followers
 (one `rpc.Pipeline` per peer: `replicate` requests sent without waiting),
 feeds their replies back into the machine, and ticks the machine's clock
-every TICK while anything is in flight (a quiet machine has no timers to
-run: it ticks every IDLE_TICK and wakes for replies and wake-ups). Nothing else uses these pipelines.
+every TICK while anything is in flight. A quiet machine (`Replica.quiet`)
+is ticked when its next timer is due (`Replica.idle_for`: a leader's next
+heartbeat), at most IDLE_TICK apart, and wakes for replies and wake-ups.
+Nothing else uses these pipelines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 import zmq
@@ -21,7 +24,7 @@ from bazaar.order import replication as rep
 log = logging.getLogger("bazaar.order.service")
 
 TICK = 0.02  # replication timer resolution
-IDLE_TICK = 0.25  # the loop of a quiet machine (`Replica.quiet`): nothing to time
+IDLE_TICK = 0.25  # the longest sleep of a quiet machine (a follower: nothing to time)
 
 
 class ReplicationLink:
@@ -49,10 +52,12 @@ class ReplicationLink:
             by_socket[link.socket] = peer
         poller.register(self._wake_r, zmq.POLLIN)
         next_tick = time.monotonic()
-        timeout, idle = TICK, False
+        timeout = idle_for = TICK
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(int(timeout * 1000)))
+                # Rounded up: waking a hair before a heartbeat is due would
+                # only cost another TICK.
+                events = dict(poller.poll(math.ceil(timeout * 1000)))
                 for sock in [s for s in events if s in by_socket]:
                     peer = by_socket[sock]
                     self._take_replies(peer, links[peer].replies())
@@ -61,16 +66,18 @@ class ReplicationLink:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK
                     with self._lock:
-                        self._perform(self.machine.tick(time.monotonic()))
-                        # Only a machine with something in flight has timers
-                        # to run; an idle one wakes for replies, wake-ups (an
-                        # order or a new leadership queues Sends) and stop().
-                        idle = self.machine.quiet()
+                        now = time.monotonic()
+                        self._perform(self.machine.tick(now))
+                        # A machine with something in flight is ticked every
+                        # TICK; a quiet one when its next heartbeat is due, and
+                        # it wakes for replies, wake-ups (an order or a new
+                        # leadership queues Sends) and stop().
+                        idle_for = self.machine.idle_for(now)
                     self._flush_outbox(links)
-                elif idle:  # woken meanwhile: an order may have put records in flight
+                elif idle_for > TICK:  # woken meanwhile: an order may have put records in flight
                     with self._lock:
-                        idle = self.machine.quiet()
-                timeout = IDLE_TICK if idle else TICK
+                        idle_for = self.machine.idle_for(time.monotonic())
+                timeout = min(IDLE_TICK, max(TICK, idle_for))
         finally:
             for link in links.values():
                 link.close()

@@ -339,3 +339,51 @@ def test_concurrent_orders_share_fsyncs_and_stay_gapless(trio):
     assert sorted(numbers) == list(range(400))
     assert sum(writes) == 400 and len(writes) < 400  # group commit: fewer fsyncs than orders
     trio.wait_identical()
+
+
+def test_heartbeats_keep_an_idle_leader_heard_and_write_nothing(trio):
+    """An idle leader's heartbeats reach both followers, which answer them with no
+    transaction and no fsync (no `OrderLog.write`)."""
+    trio.elect(3)
+    trio.order(3)
+    trio.wait_identical()
+    beats = {1: 0, 2: 0}
+    writes = {1: 0, 2: 0}
+    for rid in (1, 2):  # spies around the real calls
+        follower = trio.replicas[rid]
+        on_replicate, write = follower.machine.on_replicate, follower.log.write
+
+        def counted_replicate(msg, rid=rid, on_replicate=on_replicate):
+            beats[rid] += not msg.records
+            return on_replicate(msg)
+
+        def counted_write(steps, rid=rid, write=write):
+            writes[rid] += 1
+            return write(steps)
+
+        follower.machine.on_replicate = counted_replicate
+        follower.log.write = counted_write
+    wait_until(lambda: min(beats.values()) >= 5, 30, msg="five heartbeats at each follower")
+    assert writes == {1: 0, 2: 0}
+    status = trio.clients[3].call("status")
+    assert status["majority"] is True and status["role"] == "leader"
+
+
+def test_an_idle_leader_whose_followers_stop_loses_its_majority(trio):
+    """No order in flight: the unanswered heartbeats show the silence, `status` says
+    no majority and orders are refused at once; one follower back restores it."""
+    trio.elect(3)
+    trio.order(3)
+    trio.stop(1)
+    trio.stop(2)
+
+    def majority():
+        return trio.clients[3].call("status", idempotent=True)["majority"]
+
+    wait_until(lambda: majority() is False, 30, 0.1, "the idle leader's majority gone")
+    with pytest.raises(BazaarError) as err:
+        trio.order(3)
+    assert err.value.code == "UNAVAILABLE" and err.value.details.get("no_majority")
+    trio.start(1)
+    wait_until(lambda: majority() is True, 30, 0.1, "the majority back with follower 1")
+    assert trio.order(3) == 1

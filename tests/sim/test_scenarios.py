@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 
+from bazaar.order import replication as rep
 from tests.sim.world import World
 
 FE = 0
@@ -121,3 +122,39 @@ def test_a_stale_election_of_a_lagging_replica_keeps_every_acknowledged_order(se
     world.settle()  # then every fault heals: logs converge, each trade once
     assert {world.acked_keys[n] for n in range(6)} == {f"k{i}" for i in range(1, 7)}
     assert [r.key for r in world.disk[LAGGING][:6]] == ["k1", "k2", "k3", "k5", "k4", "k6"]
+
+
+def test_an_idle_leader_cut_off_from_its_followers_is_replaced():
+    """No order is tried: only the heartbeats show the leader it is alone. Its
+    `status` then says no majority, and the front end, which still reaches every
+    replica, elects on the majority's side; after the heal the old leader follows."""
+    world = World(1, faults=False)
+    world.fe_epoch[FE] = 1
+    world.appoint(FE, OLD, 1)
+    wait_until(world, lambda: world.is_serving(OLD))
+    order(world, OLD, "k1")
+    propose(world, OLD, "k1")
+    wait_until(world, lambda: world.machines[OLD].commit == 0 and len(world.disk[LAGGING]) == 1)
+    run_for(world, 1.0)
+    world.elect(FE, spurious=0.0)
+    assert world.machines[OLD].epoch == 1  # idle and heard: kept
+
+    cut(world, OLD, PEER)
+    cut(world, OLD, LAGGING)
+    run_for(world, rep.MAJORITY_SILENCE - 0.5)
+    assert world.status(OLD)["majority"] is True  # silence is not yet absence
+    world.elect(FE, spurious=0.0)
+    assert world.machines[OLD].epoch == 1
+    wait_until(world, lambda: world.status(OLD)["majority"] is False, 1.0)
+    world.elect(FE, spurious=0.0)  # the front end's monitor
+    assert world.machines[OLD].role == rep.FOLLOWER and world.machines[OLD].epoch == 2
+    wait_until(world, lambda: world.is_serving(LAGGING))
+    order(world, LAGGING, "k2")
+    propose(world, LAGGING, "k2")
+    wait_until(world, lambda: "k2" in world.acked_keys.values())
+
+    heal(world, OLD, PEER)
+    heal(world, OLD, LAGGING)
+    wait_until(world, lambda: world.disk[OLD] == world.disk[LAGGING])
+    world.settle()
+    assert [r.key for r in world.disk[OLD]] == ["k1", "k2"]

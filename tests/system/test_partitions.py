@@ -56,6 +56,47 @@ def test_leader_cut_off_from_both_followers(net_cluster, traders):
     assert st["role"] == "follower", st
 
 
+def test_an_idle_leader_cut_off_from_both_followers_is_replaced(net_cluster, seed):
+    """No order in flight when the leader loses both followers (the front end and
+    the catalog still reach every replica): only the leader's heartbeats show it is
+    alone. Its status then says no majority and the front end, which reaches the
+    majority, elects one of the followers before any order is tried: /health says
+    ok again with the new leader and orders are taken there. After the heal the
+    old leader follows, trading goes on and every invariant holds."""
+    net = net_cluster.net
+    old = leader_of(net_cluster)
+    order = {"name": "GameStart", "type": "buy", "quantity": 1}
+    status, body = net_cluster.http("POST", "/orders", order, timeout=15)
+    assert status == 200, body
+    followers = tuple(f"order{r}" for r in (1, 2, 3) if r != old)
+    net.partition((f"order{old}",), followers)
+
+    def health() -> tuple[str | None, int | None]:
+        status, body = net_cluster.http("GET", "/health", timeout=5)
+        data = body.get("data") if isinstance(body, dict) else None
+        return (data["status"], data["order"]["leader"]) if data else (None, None)
+
+    # No order is placed until then: the front end must see the lost majority itself.
+    def replaced() -> bool:
+        state, leader = health()
+        return state == "ok" and leader not in (None, old)
+
+    wait_until(replaced, 60, 0.2, "a leader on the majority side, /health ok")
+    status, body = net_cluster.http("POST", "/orders", order, timeout=15)
+    assert status == 200, body
+
+    def old_follows() -> bool:
+        st = net_cluster.rpc(net_cluster.order_endpoints[old], "status")
+        return st["role"] == "follower" and st["leader"] not in (None, old)
+
+    wait_until(old_follows, 30, 0.2, "the old leader told it follows")
+    net.heal()
+    with Traders.running(net_cluster, seed) as traders:  # 20 orders acknowledged
+        traders.finish()
+        rows = check_invariants(net_cluster, traders)
+    assert len(rows) >= 22
+
+
 def test_front_end_cut_off_from_the_leader(net_cluster, traders):
     """The leader and its followers are fine, but the front end cannot reach the
     leader: it elects another replica, which deposes the old leader."""

@@ -249,12 +249,135 @@ def test_a_paused_leader_does_not_take_its_own_silence_for_dead_followers():
     assert (3, 0) in sim.aborted
 
 
-def test_an_idle_leader_keeps_its_majority():
+def live(sim: Sim, seconds: float) -> None:
+    """Time passes as on a quiet, healthy network: every tick's messages are delivered."""
+    for _ in range(round(seconds / 0.02)):
+        sim.tick(0.02)
+        sim.run()
+
+
+def heartbeats(sim: Sim, to: int) -> int:
+    return sum(1 for _, dst, m in sim.sent if dst == to and not m.records)
+
+
+def test_an_idle_leader_keeps_its_majority_by_heartbeats():
     sim = Sim(follower_timeout=0.5)
     sim.elect(3, 1)
+    sim.propose(3, "a")
     sim.run()
-    sim.tick(10.0)  # no orders: nothing is asked, so no silence counts
+    before = heartbeats(sim, 1)
+    live(sim, 10.0)  # no orders: the heartbeats are answered
     assert sim.machines[3].has_majority()
+    assert all(s["alive"] and s["up"] for s in sim.machines[3].follower_status().values())
+    # One every heartbeat_interval (0.1 s), give or take a tick: about 100 in 10 s.
+    assert 80 <= heartbeats(sim, 1) - before <= 101
+
+
+def test_an_idle_leader_whose_followers_fall_silent_loses_its_majority():
+    """No order in flight, nothing to send: only the unanswered heartbeats show the
+    silence; the majority goes after MAJORITY_SILENCE, and comes back with one answer."""
+    sim = Sim(follower_timeout=0.5, probe_interval=0.1)
+    sim.elect(3, 1)
+    sim.propose(3, "a")
+    sim.run()
+    live(sim, 1.0)
+    leader = sim.machines[3]
+    sim.crash(1)
+    sim.crash(2)
+    silent_since = sim.now
+    live(sim, rep.MAJORITY_SILENCE - 0.3)
+    assert leader.has_majority()  # a loaded machine may answer late: not yet
+    assert not any(s["alive"] for s in leader.follower_status().values())  # but both are down
+    while leader.has_majority() and sim.now < silent_since + 10:
+        live(sim, 0.02)
+    # The last answer came at most a heartbeat before the silence began.
+    lost_after = sim.now - silent_since
+    assert rep.MAJORITY_SILENCE - leader.heartbeat_interval < lost_after
+    assert lost_after <= rep.MAJORITY_SILENCE + 0.04
+    live(sim, 5.0)
+    assert not leader.has_majority()  # however long it stays idle
+    sim.restart(1)  # one follower answers again: the leader's probes reach it
+    live(sim, leader.probe_interval + 0.04)
+    assert leader.has_majority()
+    assert leader.follower_status()[1]["up"] and not leader.follower_status()[2]["alive"]
+    assert sim.acked[3] == 0
+
+
+def test_heartbeats_only_when_idle_and_one_at_a_time():
+    sim = Sim(follower_timeout=0.5, batch=2, window=4)
+    sim.elect(3, 1)
+    sim.run()
+    leader = sim.machines[3]
+    assert leader.heartbeat_interval == pytest.approx(0.1)  # the default: follower_timeout / 5
+    # Streaming (records in flight, unanswered): no heartbeat, whatever the time.
+    for i in range(6):
+        sim.propose(3, f"k{i}")
+    sent = len(sim.sent)
+    sim.tick(0.4)  # nothing delivered meanwhile
+    assert [m for _, _, m in sim.sent[sent:] if not m.records] == []
+    sim.run()
+    sim.flush(3)
+    sim.run()
+    assert sim.acked[3] == 5 and leader.quiet()
+    # Idle: a heartbeat per follower once heartbeat_interval passed since the last
+    # message, and no second one while the first is unanswered.
+    sim.tick(0.02)  # the last batch left 0.4 s ago: a heartbeat at once
+    assert sorted(dst for _, dst, m in sim.sent[-2:] if not m.records) == [1, 2]
+    sim.run()
+    sent = len(sim.sent)
+    sim.tick(leader.heartbeat_interval - 0.04)
+    assert sim.sent[sent:] == []
+    assert 0 < leader.idle_for(sim.now) <= 0.04 + 1e-9
+    sim.tick(0.06)
+    beats = sim.sent[sent:]
+    assert sorted(dst for _, dst, _ in beats) == [1, 2]
+    assert all(m.records == () and (m.prev_number, m.prev_epoch) == (5, 1) for _, _, m in beats)
+    assert not leader.quiet() and leader.idle_for(sim.now) == 0
+    sim.tick(0.3)  # still unanswered, not yet timed out (0.5 s): nothing more
+    assert sim.sent[sent:] == beats
+    sim.run()  # answered: quiet again, the next one a heartbeat_interval after the last
+    assert leader.quiet() and leader.has_majority()
+    assert leader.follower_status()[1]["last_number"] == 5
+
+
+def test_an_unanswered_heartbeat_marks_the_follower_down():
+    sim = Sim(follower_timeout=0.5, probe_interval=0.1)
+    sim.elect(3, 1)
+    sim.run()
+    sim.crash(1)
+    live(sim, 0.1 + 0.5 + 0.06)  # the heartbeat's interval, its timeout, a tick or two
+    status = sim.machines[3].follower_status()
+    assert not status[1]["alive"] and not status[1]["up"]
+    assert status[2]["alive"] and status[2]["up"]
+    assert sim.machines[3].has_majority()  # 2 answers: leader + follower 2
+
+
+def test_a_heartbeat_on_a_follower_persists_nothing():
+    """An empty replicate: the follower's existing reply path answers it, with no write."""
+    m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0), r(1)]), epoch=1, leader=3)
+    actions, reply = m.on_replicate(rep.Replicate(1, 3, 1, 1, ()))
+    assert actions == [] and reply.ok and (reply.last_number, reply.matched) == (1, 1)
+    actions, reply = m.on_replicate(rep.Replicate(1, 3, 4, 1, ()))  # we lack records: a gap
+    assert actions == [] and not reply.ok and reply.last_number == 1
+    actions, reply = m.on_replicate(rep.Replicate(1, 3, 1, 0, ()))  # another epoch at 1
+    assert actions == [] and not reply.ok
+    assert m.last_number == 1 and m.durable == 1
+
+
+def test_a_heartbeat_finds_a_follower_that_lost_its_tail():
+    """A follower that came back with fewer records answers the heartbeat with a gap:
+    the leader resends from there without waiting for a new order."""
+    sim = Sim(follower_timeout=0.5)
+    sim.elect(3, 1)
+    for i in range(3):
+        sim.propose(3, f"k{i}")
+    sim.run()
+    assert sim.disk[1] == sim.disk[3]
+    del sim.disk[1][1:]  # its disk lost the last two records (restored from an old copy)
+    sim.restart(1)
+    sim.machines[1].on_saved(1, 3)
+    live(sim, 0.2)
+    assert sim.disk[1] == sim.disk[3]
 
 
 def test_silent_followers_are_declared_down_only_after_a_timeout_we_lived_through():
@@ -450,3 +573,19 @@ def test_quiet_only_when_no_timer_can_fire():
     sim.flush(3)
     sim.tick(1.0)  # follower 1 never answers: down, probed
     assert not leader.quiet()
+
+
+def test_idle_for_is_the_time_to_the_next_heartbeat():
+    """The service sleeps `idle_for` seconds: a quiet leader until its next heartbeat,
+    a follower indefinitely, anything with a request out not at all."""
+    sim = Sim()
+    leader = sim.machines[3]
+    assert leader.idle_for(0.0) == float("inf")  # a follower
+    sim.elect(3, 1)
+    assert leader.idle_for(sim.now) == 0  # probes out
+    sim.run()
+    assert leader.idle_for(sim.now) == pytest.approx(leader.heartbeat_interval)
+    sim.tick(0.06)
+    assert leader.idle_for(sim.now) == pytest.approx(leader.heartbeat_interval - 0.06)
+    sim.tick(0.04)  # due: sent, and out
+    assert leader.idle_for(sim.now) == 0
