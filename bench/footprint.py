@@ -17,6 +17,9 @@ client's memory is not counted), and measures again:
                               (BAZAAR_FOOTPRINT_OUT=FILE make container-test)
         [--imports]           RSS of a bare interpreter after importing each
                               role's module: where the baseline memory goes
+        [--metrics]           catalog and replicas also serve /metrics
+                              (BAZAAR_METRICS_PORT), as docker-compose.yml
+                              does by default: prometheus_client loaded
 
     .venv/bin/python bench/footprint.py --history [--sizes 10000,100000,1000000]
     .venv/bin/python bench/footprint.py --http-history 10000,100000
@@ -98,7 +101,8 @@ def import_costs() -> str:
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
     )
     lines = ["| module | RSS after import MB |", "|---|---:|"]
-    for mod in ("-", "zmq", "msgpack", "flask", "granian", *ROLE_MODULES.values()):
+    mods = ("-", "zmq", "msgpack", "click", "prometheus_client", "flask", "granian", "bazaar.role")
+    for mod in (*mods, *ROLE_MODULES.values()):
         res = subprocess.run(
             [sys.executable, "-c", code, mod], capture_output=True, text=True, cwd=ROOT
         )
@@ -273,6 +277,9 @@ def main() -> int:
     parser.add_argument("-p", type=float, default=0.5, dest="prob")
     parser.add_argument("--containers", help="footprint file from container-test")
     parser.add_argument("--imports", action="store_true", help="also measure import costs")
+    parser.add_argument(
+        "--metrics", action="store_true", help="catalog and replicas serve /metrics too"
+    )
     parser.add_argument("--history", action="store_true", help="memory against history length")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="for --history")
     parser.add_argument(
@@ -288,7 +295,10 @@ def main() -> int:
         print("\n".join(catalog_history(sizes)))
         return code
 
-    with tempfile.TemporaryDirectory(prefix="bazaar-footprint-") as tmp, Cluster(Path(tmp)) as c:
+    with (
+        tempfile.TemporaryDirectory(prefix="bazaar-footprint-") as tmp,
+        Cluster(Path(tmp), metrics=args.metrics) as c,
+    ):
         c.start_all(timeout=30)
         idle = {name: proc_kb(c.procs[name].pid) for name in SERVICES}
         load_args = f"--sessions {args.sessions} --requests {args.requests} -p {args.prob}"
@@ -309,7 +319,8 @@ def main() -> int:
     total_pss = sum(after[n]["Pss"] for n in SERVICES) / 1024
     print(
         f"Native processes, Python {sys.version.split()[0]}, {os.cpu_count()} cores; "
-        f"mixed load: {args.sessions} sessions x {args.requests} requests, p={args.prob}\n"
+        f"mixed load: {args.sessions} sessions x {args.requests} requests, p={args.prob}"
+        f"{'; /metrics on catalog and replicas' if args.metrics else ''}\n"
     )
     print(table(rows))
     verdict = "fits" if total_rss <= GOAL_MB else "over"
