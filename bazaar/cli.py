@@ -6,8 +6,9 @@ run`, the image's ENTRYPOINT, the tests' clusters, `python -m bazaar.cli`,
 the launchers catalog.py / order.py / frontend.py). `parse_role` reads
 those flags with a few lines of its own and `main` hands them straight to
 `bazaar.role.start`: the click app (`bazaar.commands`) would cost each
-service ~2.2 MB of RSS for a parser it uses once, and argparse another
-~0.3 MB (docs/performance.md, "Footprint").
+service ~2.2 MB of RSS for a parser it uses once, and argparse (with the
+gettext, locale and shutil it imports) 1.2-1.4 MB: 5.5 MB over the four
+back-end services (`bench/footprint.py`, A/B, docs/performance.md "Footprint").
 
 The click app stays the one definition of the command line. `parse_role`
 takes only the plain forms it can read exactly as click would (`--flag
