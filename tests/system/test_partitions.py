@@ -97,6 +97,30 @@ def test_an_idle_leader_cut_off_from_both_followers_is_replaced(net_cluster, see
     assert len(rows) >= 22
 
 
+def test_no_two_replicas_connected_while_idle_is_unavailable(net_cluster, seed):
+    """No order in flight; then no two replicas can reach each other, and the front
+    end reaches the leader and one follower only. No majority can form anywhere,
+    so /health must say unavailable (the idle leader's heartbeats go unanswered, so
+    its status says no majority, whatever the front end still reaches); after the
+    heal orders are taken again and every invariant holds."""
+    net = net_cluster.net
+    old = leader_of(net_cluster)
+    order = {"name": "FishCo", "type": "sell", "quantity": 2}
+    status, body = net_cluster.http("POST", "/orders", order, timeout=15)
+    assert status == 200, body
+    near, far = (f"order{r}" for r in (1, 2, 3) if r != old)
+    for a, b in ((f"order{old}", near), (f"order{old}", far), (near, far), ("frontend", far)):
+        net.cut(a, b)
+    wait_until(lambda: health_status(net_cluster) == "unavailable", 60, 0.2, "unavailable")
+    net.heal()
+    healed = time.monotonic()
+    with Traders.running(net_cluster, seed) as traders:  # 20 orders acknowledged
+        print(f"orders resumed {traders.first_ack_after(healed) - healed:.3f} s after the heal")
+        traders.finish()
+        rows = check_invariants(net_cluster, traders)
+    assert len(rows) >= 21
+
+
 def test_front_end_cut_off_from_the_leader(net_cluster, traders):
     """The leader and its followers are fine, but the front end cannot reach the
     leader: it elects another replica, which deposes the old leader."""
