@@ -58,6 +58,7 @@ def health(
             "last_number": last,
             "role": st.get("role") if st else None,
             "lag": lag,
+            "replicating": None if rid == leader else heard_by_leader(leader_status, rid),
         }
     # The leader must answer and still see itself as leader (a replica restarted
     # in the same epoch does not, until the next election).
@@ -70,7 +71,9 @@ def health(
     )
     if not (catalog_up and catalog_writable is not False and leader_up and majority):
         state = "unavailable"
-    elif all(st is not None for st in statuses.values()):
+    elif all(st is not None for st in statuses.values()) and all(
+        r["replicating"] is not False for r in replicas.values()
+    ):
         state = "ok"
     else:
         state = "degraded"
@@ -81,6 +84,22 @@ def health(
         "cache": cache_stats,
     }
     return data, 503 if state == "unavailable" else 200
+
+
+def heard_by_leader(leader_status: dict[str, Any] | None, rid: int) -> bool | None:
+    """Whether the leader heard from follower `rid` lately (its `status`:
+    `followers.<rid>.heard`); None when it does not say (no leader, an old one).
+
+    The front end may reach a replica that the leader cannot (a link cut
+    between the two): that follower gets no new records, so the cluster is
+    degraded although every replica answers the front end. The window is the
+    leader's MAJORITY_SILENCE (2 s, with a heartbeat every 0.1 s), so one late
+    answer on a loaded machine does not flap `/health`.
+    """
+    followers = (leader_status or {}).get("followers")
+    follower = followers.get(str(rid)) if isinstance(followers, dict) else None
+    heard = follower.get("heard") if isinstance(follower, dict) else None
+    return heard if isinstance(heard, bool) else None
 
 
 class _Probe:

@@ -516,7 +516,14 @@ class Replica(LogTail):
 
     # ---- status ---------------------------------------------------------------
     def follower_status(self) -> dict[int, dict]:
+        """Per follower: caught up (`up`), answering requests (`alive`), heard from
+        within MAJORITY_SILENCE (`heard`: what `has_majority` counts), its last record."""
         return {
-            p: {"up": f.up, "alive": f.alive, "last_number": f.match if f.match >= 0 else None}
+            p: {
+                "up": f.up,
+                "alive": f.alive,
+                "heard": self.last_tick - f.heard <= MAJORITY_SILENCE,
+                "last_number": f.match if f.match >= 0 else None,
+            }
             for p, f in self.followers.items()
         }

@@ -121,6 +121,35 @@ def test_no_two_replicas_connected_while_idle_is_unavailable(net_cluster, seed):
     assert len(rows) >= 21
 
 
+def test_a_follower_cut_off_from_the_leader_alone_is_degraded(net_cluster, traders):
+    """Only the link between the leader and one follower is cut: the front end
+    and the catalog still reach every replica, and orders commit on the other
+    follower. /health must not say ok (redundancy is gone): it says degraded,
+    with that follower `up` (the front end reaches it) but not `replicating`;
+    after the heal the follower catches up and /health says ok again."""
+    net = net_cluster.net
+    old = leader_of(net_cluster)
+    cut_off = next(r for r in (1, 2, 3) if r != old)
+    net.cut(f"order{old}", f"order{cut_off}")
+
+    def replica(rid: int) -> dict | None:
+        status, body = net_cluster.http("GET", "/health", timeout=5)
+        data = body.get("data") if isinstance(body, dict) else None
+        if data is None or data["status"] != "degraded" or data["order"]["leader"] != old:
+            return None
+        return data["order"]["replicas"][str(rid)]
+
+    entry = wait_until(lambda: replica(cut_off), 60, 0.2, "degraded, the follower not replicating")
+    assert entry["up"] is True and entry["replicating"] is False, entry
+    traders.wait_progress(30)  # orders commit on the leader and the other follower
+    assert leader_of(net_cluster) == old  # nothing to elect: the leader has its majority
+    net.heal()
+    traders.wait_progress(20)
+    wait_until(lambda: health_status(net_cluster) == "ok", 60, 0.2, "/health ok after the heal")
+    traders.finish()
+    check_invariants(net_cluster, traders)
+
+
 def test_front_end_cut_off_from_the_leader(net_cluster, traders):
     """The leader and its followers are fine, but the front end cannot reach the
     leader: it elects another replica, which deposes the old leader."""

@@ -309,6 +309,7 @@ def test_health_ok(client):
         "last_number": None,
         "role": "x",
         "lag": None,
+        "replicating": None,  # the fake leader does not say
     }
     assert {"capacity", "size", "hits", "misses"} <= set(data["cache"])
 

@@ -143,6 +143,7 @@ def test_health_states_and_lag():
         "last_number": None,
         "role": None,
         "lag": None,
+        "replicating": None,
     }
     assert health(False, {3: st(3, 9)}, 3, 2, cache)[1] == 503
     assert health(True, {3: st(None, 9)}, 3, 2, cache)[1] == 503
@@ -151,6 +152,36 @@ def test_health_states_and_lag():
         health(True, {1: st(3, None), 3: st(3, 9)}, 3, 2, cache)[0]["order"]["replicas"]["1"]["lag"]
         == 10
     )
+
+
+def test_health_is_degraded_when_the_leader_cannot_hear_a_follower_the_front_end_reaches():
+    """A link cut between the leader and a follower: every replica answers the
+    front end, but that follower gets no records (SPEC: degraded)."""
+    cache = {"capacity": 1, "size": 0, "hits": 0, "misses": 0}
+
+    def statuses(heard_1, heard_2=True):
+        leader = {"leader": 3, "last_number": 9, "role": "leader", "majority": True}
+        leader["followers"] = {"1": {"heard": heard_1}, "2": {"heard": heard_2}}
+        follower = {"leader": 3, "last_number": 9, "role": "follower"}
+        return {1: dict(follower), 2: dict(follower), 3: leader}
+
+    data, code = health(True, statuses(heard_1=True), 3, 2, cache)
+    assert (data["status"], code) == ("ok", 200)
+    assert [data["order"]["replicas"][r]["replicating"] for r in "123"] == [True, True, None]
+
+    data, code = health(True, statuses(heard_1=False), 3, 2, cache)
+    assert (data["status"], code) == ("degraded", 200)
+    assert data["order"]["replicas"]["1"]["up"] is True  # the front end still reaches it
+    assert data["order"]["replicas"]["1"]["replicating"] is False
+
+    # A leader that says nothing about its followers (an older release): as before.
+    old = statuses(heard_1=False)
+    del old[3]["followers"]
+    assert health(True, old, 3, 2, cache)[0]["status"] == "ok"
+    # Without a majority it is unavailable whatever it hears.
+    lost = statuses(heard_1=False, heard_2=False)
+    lost[3]["majority"] = False
+    assert health(True, lost, 3, 2, cache)[0]["status"] == "unavailable"
 
 
 def test_services_without_a_metrics_port_never_load_prometheus_client():

@@ -303,6 +303,27 @@ def test_an_idle_leader_whose_followers_fall_silent_loses_its_majority():
     assert sim.acked[3] == 0
 
 
+def test_follower_status_says_which_followers_the_leader_heard_lately():
+    """`heard` (what `has_majority` counts, and what /health's `replicating` shows):
+    one follower cut off while the other answers; the majority holds."""
+    sim = Sim(follower_timeout=0.5, probe_interval=0.1)
+    sim.elect(3, 1)
+    sim.propose(3, "a")
+    sim.run()
+    live(sim, 1.0)
+    leader = sim.machines[3]
+    assert {p: s["heard"] for p, s in leader.follower_status().items()} == {1: True, 2: True}
+    sim.crash(2)
+    live(sim, rep.MAJORITY_SILENCE - 0.3)
+    assert leader.follower_status()[2]["heard"]  # late answers on a loaded machine: not yet
+    live(sim, 0.5)
+    assert {p: s["heard"] for p, s in leader.follower_status().items()} == {1: True, 2: False}
+    assert leader.has_majority()
+    sim.restart(2)
+    live(sim, leader.probe_interval + 0.04)
+    assert leader.follower_status()[2]["heard"]
+
+
 def test_heartbeats_only_when_idle_and_one_at_a_time():
     sim = Sim(follower_timeout=0.5, batch=2, window=4)
     sim.elect(3, 1)
