@@ -275,12 +275,21 @@ def _order_metrics(replica: Any) -> Iterator[Any]:
         "On the leader: records a follower still misses (leader's log end minus the follower's).",
         labels=["peer"],
     )
+    heard = GaugeMetricFamily(
+        "bazaar_order_follower_heard",
+        "On the leader: 1 while it has heard from the follower within 2 s (heartbeats "
+        "every 0.1 s), 0 while a link between them is down, even when idle.",
+        labels=["peer"],
+    )
     if is_leader:
         for peer, follower in sorted((st.get("followers") or {}).items()):
             matched = follower.get("last_number")
             matched = -1 if matched is None else matched
             lag.add_metric([str(peer)], max(0, last - matched))
+            if isinstance(follower.get("heard"), bool):
+                heard.add_metric([str(peer)], 1.0 if follower["heard"] else 0.0)
     yield lag
+    yield heard
 
 
 def _catalog_metrics(service: Any) -> Iterator[Any]:

@@ -86,8 +86,8 @@ def test_order_gauges_come_from_the_replica_status():
             "last_number": 41,
             "commit": 40,
             "followers": {
-                "1": {"up": True, "last_number": 41},
-                "2": {"up": False, "last_number": 30},
+                "1": {"up": True, "last_number": 41, "heard": True},
+                "2": {"up": False, "last_number": 30, "heard": False},
             },
         }
     )
@@ -97,6 +97,8 @@ def test_order_gauges_come_from_the_replica_status():
     assert value("bazaar_order_commit_number") == 40
     assert value("bazaar_order_replication_lag_records", peer="2") == 11
     assert value("bazaar_order_replication_lag_records", peer="1") == 0
+    assert value("bazaar_order_follower_heard", peer="1") == 1
+    assert value("bazaar_order_follower_heard", peer="2") == 0
     follower = FakeReplica({"role": "follower", "epoch": 4, "last_number": None, "followers": {}})
     metrics.watch("order", follower)
     assert value("bazaar_order_is_leader") == 0
