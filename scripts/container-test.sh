@@ -173,19 +173,21 @@ say "base image: $BASE"
 # Docker Hub answers, else deploy/prometheus-image (Debian's prometheus on the
 # same base, laid out like the official image), built in the background while
 # the bazaar image builds.
-# build TIMEOUT ARGS...: `podman build`, tried three times. The builds
-# download (pip, apt) and a DNS lookup that times out under load fails the
-# whole build ("Temporary failure in name resolution", seen at load 14); the
-# layers already built are cached, so a retry costs only the failed step.
-# Host networking: the build's lookups use the host's resolver as it is, not
-# the stack's tight dns_options (scripts/podman-env.sh).
+# build SECONDS ARGS...: `podman build`, tried up to three times within
+# SECONDS in all. The builds download (pip, apt) and a DNS lookup that times
+# out under load fails the whole build ("Temporary failure in name
+# resolution", seen at load 14); the layers already built are cached, so a
+# retry costs only the failed step. Host networking: the build's lookups use
+# the host's resolver as it is, not the stack's tight dns_options
+# (scripts/podman-env.sh).
 build() {
-    local limit="$1" attempt
+    local deadline=$((SECONDS + $1)) attempt
     shift
     for attempt in 1 2 3; do
-        timeout "$limit" podman build --quiet --network host "$@" >/dev/null && return 0
+        ((SECONDS < deadline)) || break
+        timeout $((deadline - SECONDS)) podman build --quiet --network host "$@" >/dev/null && return 0
         say "  podman build ${*: -1} failed (attempt $attempt of 3)"
-        sleep $((attempt * 5))
+        [[ $attempt == 3 ]] || sleep $((attempt * 5))
     done
     return 1
 }

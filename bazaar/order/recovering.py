@@ -346,7 +346,8 @@ class Recovering:
         if self.mode == CATCH_UP:
             return self._end(None)
         m = self.replica
-        actions = m.start_leading(now)  # the re-stamp: it commits our first records
+        promised = [p for p, a in self._answers.items() if a is not None and a.promised]
+        actions = m.start_leading(now, promised)  # the re-stamp: it commits our first records
         return actions + self._fence(now)
 
     def _fence(self, now: float) -> list:

@@ -125,7 +125,7 @@ class Recovery:
                         self._changed.wait(max(0.0, wake - time.monotonic()))
         finally:
             if own:
-                pool.shutdown(wait=False)
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _request_pool(self, name: str) -> ThreadPoolExecutor:
         # A thread per peer and one for the catalog: a run's requests never wait for a thread.
@@ -226,7 +226,7 @@ class Recovery:
         try:
             self._reconcile_every_second(pool)
         finally:
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _reconcile_every_second(self, pool: ThreadPoolExecutor) -> None:
         while not self._stop.wait(RECONCILE_EVERY):

@@ -77,6 +77,7 @@ new leader first adopts the most up-to-date log of its reachable peers
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bazaar.errors import BazaarError
@@ -274,14 +275,25 @@ class Replica(LogTail):
         return runs[-1][1] if runs else 0
 
     # ---- leading ------------------------------------------------------------
-    def start_leading(self, now: float) -> list:
-        """Recovery is done (peers' records adopted): lead, probing every follower."""
+    def start_leading(self, now: float, heard_from: Iterable[int] | None = None) -> list:
+        """Recovery is done (peers' records adopted): lead, probing every follower.
+
+        `heard_from`: the peers that just promised this epoch (the recovery's
+        answers), counted as heard now; the others only once they answer, so
+        a peer cut off since before the election never counts toward the
+        majority or shows as heard (None: every peer, for drivers without a
+        promise round).
+        """
         if self.role != RECOVERING:
             raise not_leader(self.leader, self.epoch, "no longer elected")
         self.role = LEADER
         self.last_tick = now
         self.commit = self.durable if not self.peers else -1
-        self.followers = {p: Follower(next=self.last_number + 1, heard=now) for p in self.peers}
+        heard = set(self.peers if heard_from is None else heard_from)
+        self.followers = {
+            p: Follower(next=self.last_number + 1, heard=now if p in heard else float("-inf"))
+            for p in self.peers
+        }
         actions: list = self._restamp()
         for peer, f in self.followers.items():
             f.inflight.append((f.next - 1, f.next - 1, now))

@@ -112,9 +112,11 @@ def test_health_shape(api):
         # slow status answer shows a replica down for a moment (seen in CI-like runs).
         status, body = api.http("GET", "/health")
         replicas = body["data"]["order"]["replicas"].values()
-        return body["data"] if status == 200 and all(r["up"] for r in replicas) else None
+        # ...or, a follower just back, not yet heard by the leader (`replicating`).
+        ok = status == 200 and body["data"]["status"] == "ok"
+        return body["data"] if ok and all(r["up"] for r in replicas) else None
 
-    data = wait_until(all_up, 60, 0.2, "every replica up on /health")
+    data = wait_until(all_up, 60, 0.2, "every replica up and /health ok")
     assert data["status"] == "ok"
     assert data["catalog"] == {"up": True, "writable": True}
     order = data["order"]

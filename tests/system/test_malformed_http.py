@@ -243,9 +243,9 @@ def test_malformed_requests_get_json_4xx_and_services_keep_serving(cluster):
     conn.close()
     assert not wrong, f"seed {seed}: {len(wrong)} wrong answers, first: {wrong[:5]}"
 
-    # Still serving, and nothing traded.
-    status, body = cluster.http("GET", "/health")
-    assert status == 200 and body["data"]["status"] == "ok", body
+    # Still serving (a view refreshed in the background: a late status answer
+    # after the storm may show degraded for a moment), and nothing traded.
+    cluster.wait_healthy()
     after = {n: cluster.http("GET", f"/stocks/{n}")[1]["data"] for n in before}
     assert after == before
     for name, proc in cluster.procs.items():

@@ -61,8 +61,9 @@ def test_an_idle_leader_cut_off_from_both_followers_is_replaced(net_cluster, see
     the catalog still reach every replica): only the leader's heartbeats show it is
     alone. Its status then says no majority and the front end, which reaches the
     majority, elects one of the followers before any order is tried: /health says
-    ok again with the new leader and orders are taken there. After the heal the
-    old leader follows, trading goes on and every invariant holds."""
+    degraded with the new leader (it cannot reach the old one: not replicating)
+    and orders are taken there. After the heal the old leader follows, /health
+    says ok, trading goes on and every invariant holds."""
     net = net_cluster.net
     old = leader_of(net_cluster)
     order = {"name": "GameStart", "type": "buy", "quantity": 1}
@@ -71,17 +72,18 @@ def test_an_idle_leader_cut_off_from_both_followers_is_replaced(net_cluster, see
     followers = tuple(f"order{r}" for r in (1, 2, 3) if r != old)
     net.partition((f"order{old}",), followers)
 
-    def health() -> tuple[str | None, int | None]:
+    def health() -> dict:
         status, body = net_cluster.http("GET", "/health", timeout=5)
-        data = body.get("data") if isinstance(body, dict) else None
-        return (data["status"], data["order"]["leader"]) if data else (None, None)
+        return body.get("data") or {} if isinstance(body, dict) else {}
 
     # No order is placed until then: the front end must see the lost majority itself.
     def replaced() -> bool:
-        state, leader = health()
-        return state == "ok" and leader not in (None, old)
+        data = health()
+        if data.get("status") != "degraded" or data["order"]["leader"] in (None, old):
+            return False
+        return data["order"]["replicas"][str(old)]["replicating"] is False
 
-    wait_until(replaced, 60, 0.2, "a leader on the majority side, /health ok")
+    wait_until(replaced, 60, 0.2, "a leader on the majority side, the old one cut off")
     status, body = net_cluster.http("POST", "/orders", order, timeout=15)
     assert status == 200, body
 
@@ -91,6 +93,7 @@ def test_an_idle_leader_cut_off_from_both_followers_is_replaced(net_cluster, see
 
     wait_until(old_follows, 30, 0.2, "the old leader told it follows")
     net.heal()
+    wait_until(lambda: health().get("status") == "ok", 60, 0.2, "/health ok after the heal")
     with Traders.running(net_cluster, seed) as traders:  # 20 orders acknowledged
         traders.finish()
         rows = check_invariants(net_cluster, traders)

@@ -168,6 +168,8 @@ def test_a_leader_decides_once_a_majority_promised_without_waiting_for_a_silent_
     assert fence == rec.Fence(fence.round, 2, 1)
     assert d.m.role == rep.LEADER  # it leads (re-stamped) before it fences
     assert d.queued[-1].records[0] == r(1, epoch=2, key="k1-1")
+    # 2 promised and counts as heard; silent 3 only once it answers (not assumed)
+    assert {p: s["heard"] for p, s in d.m.follower_status().items()} == {2: True, 3: False}
 
 
 def lead_until_fenced(d: Disk, run: rec.Recovering) -> rec.Fence:

@@ -96,6 +96,20 @@ def test_a_replica_named_leader_recovers_before_it_leads():
     assert m.role == rep.LEADER
 
 
+def test_a_new_leader_counts_as_heard_only_the_peers_that_promised():
+    """A peer cut off since before the election is never assumed present: it does
+    not count toward the majority nor show as heard until it answers."""
+    m = rep.Replica(3, [1, 2, 3], MemoryLog([]))
+    accept(m, 3, 1)
+    m.start_leading(0.0, heard_from=[1])
+    assert {p: s["heard"] for p, s in m.follower_status().items()} == {1: True, 2: False}
+    assert m.has_majority()  # 3 and 1
+    lone = rep.Replica(3, [1, 2, 3], MemoryLog([]))
+    accept(lone, 3, 1)
+    lone.start_leading(0.0, heard_from=[])
+    assert not lone.has_majority()
+
+
 # ---- follower side -----------------------------------------------------------------
 def test_gap_answers_with_own_last_number():
     m = rep.Replica(1, [1, 2, 3], MemoryLog([r(0)]), epoch=1, leader=3)
