@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 import sys
-import threading
 
 from bazaar import config as configmod
 from bazaar import security
 from bazaar.errors import BazaarError
+from bazaar.stopping import StopEvent, stop_on_signals
 
 ROLES = {
     "catalog": "bazaar.catalog.service",
@@ -88,34 +87,10 @@ def _cannot_listen(err: Exception) -> bool:
     return isinstance(err, OSError) and str(err).startswith("cannot listen on")
 
 
-class _StopEvent(threading.Event):
-    """The stop event a role waits on in the main thread; its wait() wakes every 0.1 s.
-
-    Python runs a signal handler only in the main thread, once that thread is
-    back in the interpreter. The kernel may deliver SIGTERM to any thread that
-    does not block it (our worker threads do not), and then a main thread
-    blocked in a plain `Event.wait()` is never woken to run the handler: the
-    service ignored SIGTERM until killed (seen under `make run` right after
-    load). A wait that wakes now and then runs the handler within 0.1 s.
-    """
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if timeout is not None:
-            return super().wait(timeout)
-        while not super().wait(0.1):
-            pass
-        return True
-
-
 def serve(role: str, cfg: configmod.Config) -> None:
     """Run one role in this process until SIGTERM or SIGINT."""
-    stop = _StopEvent()
-
-    def on_signal(_signum, _frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopEvent()
+    stop_on_signals(stop)
     module = importlib.import_module(ROLES[role])
     from bazaar import metrics
 

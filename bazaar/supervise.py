@@ -29,6 +29,8 @@ import threading
 import time
 from collections.abc import Iterable
 
+from bazaar.stopping import StopEvent, stop_on_signals
+
 SERVICES: tuple[tuple[str, list[str]], ...] = (
     ("catalog", ["catalog"]),
     ("order1", ["order", "--id", "1"]),
@@ -65,7 +67,7 @@ class Supervisor:
         self.procs: dict[str, subprocess.Popen] = {}
         self._print_lock = threading.Lock()
         self._pumps: list[threading.Thread] = []
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # requested by run_all's signal handlers
 
     def say(self, name: str, line: str) -> None:
         width = max(len(n) for n, _ in self.services)
@@ -142,12 +144,7 @@ class Supervisor:
 
 def run_all() -> int:
     sup = Supervisor()
-
-    def on_signal(_signum, _frame):
-        sup.stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(sup.stop)
     try:
         sup.start()
         return sup.watch()
