@@ -126,3 +126,30 @@ def test_dashboard_in_chromium(cluster: Cluster, browser_page):
     page.screenshot(path=str(out / "dashboard-phone.png"), full_page=True)
 
     assert requests_elsewhere == []  # no CDN, nothing from another host
+
+
+def test_a_follower_the_leader_cannot_reach_is_shown_as_not_replicating(
+    cluster: Cluster, browser_page
+):
+    """/health's `replicating: false` (a link cut between the leader and a follower,
+    tests/system/test_partitions.py) as the page shows it. The cluster's own
+    /api/dashboard answer, with one follower marked so on its way to the page."""
+    page = browser_page
+    expect = sync_api.expect
+    leader = cluster.wait_healthy()["data"]["order"]["leader"]
+    cut = next(r for r in (1, 2, 3) if r != leader)
+
+    def not_replicating(route):
+        body = route.fetch().json()
+        view = body["data"]["cluster"]  # /health's body, as the page reads it
+        view["order"]["replicas"][str(cut)]["replicating"] = False
+        view["status"] = "degraded"
+        route.fulfill(json=body)
+
+    page.route("**/api/dashboard", not_replicating)
+    page.goto(cluster.url + "/")
+    expect(page.locator("#status")).to_have_text("degraded")
+    state = page.locator(f"#replica-{cut} td").first
+    expect(state).to_have_text("up, not replicating")
+    expect(state).to_have_class(re.compile("down"))
+    expect(page.locator(f"#replica-{leader} td").first).to_have_text("up")

@@ -78,7 +78,10 @@ function renderCluster(c) {
     const row = body.insertRow();
     row.id = "replica-" + id;
     const leader = String(c.order.leader) === id;
-    row.append(text("th", id + (leader ? " (leader)" : "")), text("td", r.up ? "up" : "down", r.up ? "up" : "down"),
+    // Up for the front end, but the leader has not heard from it lately: it gets no orders.
+    const cut = r.up && r.replicating === false;
+    const state = !r.up ? "down" : cut ? "up, not replicating" : "up";
+    row.append(text("th", id + (leader ? " (leader)" : "")), text("td", state, r.up && !cut ? "up" : "down"),
       text("td", r.role || "–"), text("td", r.last_number == null ? "–" : String(r.last_number), "num"),
       text("td", r.lag == null ? "–" : String(r.lag), "num"));
     row.cells[0].scope = "row";
