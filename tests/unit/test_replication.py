@@ -287,15 +287,20 @@ def test_an_idle_leader_keeps_its_majority_by_heartbeats():
     assert 80 <= heartbeats(sim, 1) - before <= 101
 
 
-def test_an_idle_leader_whose_followers_fall_silent_loses_its_majority():
-    """No order in flight, nothing to send: only the unanswered heartbeats show the
-    silence; the majority goes after MAJORITY_SILENCE, and comes back with one answer."""
+def idle_leader() -> tuple[Sim, rep.Replica]:
+    """Replica 3 leads epoch 1, one order committed, then a second of quiet."""
     sim = Sim(follower_timeout=0.5, probe_interval=0.1)
     sim.elect(3, 1)
     sim.propose(3, "a")
     sim.run()
     live(sim, 1.0)
-    leader = sim.machines[3]
+    return sim, sim.machines[3]
+
+
+def test_an_idle_leader_whose_followers_fall_silent_loses_its_majority():
+    """No order in flight, nothing to send: only the unanswered heartbeats show the
+    silence; the majority goes after MAJORITY_SILENCE, and comes back with one answer."""
+    sim, leader = idle_leader()
     sim.crash(1)
     sim.crash(2)
     silent_since = sim.now
@@ -320,12 +325,7 @@ def test_an_idle_leader_whose_followers_fall_silent_loses_its_majority():
 def test_follower_status_says_which_followers_the_leader_heard_lately():
     """`heard` (what `has_majority` counts, and what /health's `replicating` shows):
     one follower cut off while the other answers; the majority holds."""
-    sim = Sim(follower_timeout=0.5, probe_interval=0.1)
-    sim.elect(3, 1)
-    sim.propose(3, "a")
-    sim.run()
-    live(sim, 1.0)
-    leader = sim.machines[3]
+    sim, leader = idle_leader()
     assert {p: s["heard"] for p, s in leader.follower_status().items()} == {1: True, 2: True}
     sim.crash(2)
     live(sim, rep.MAJORITY_SILENCE - 0.3)
