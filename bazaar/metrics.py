@@ -286,8 +286,7 @@ def _order_metrics(replica: Any) -> Iterator[Any]:
             matched = follower.get("last_number")
             matched = -1 if matched is None else matched
             lag.add_metric([str(peer)], max(0, last - matched))
-            if isinstance(follower.get("heard"), bool):
-                heard.add_metric([str(peer)], 1.0 if follower["heard"] else 0.0)
+            heard.add_metric([str(peer)], 1.0 if follower["heard"] else 0.0)
     yield lag
     yield heard
 

@@ -487,10 +487,12 @@ class Replica(LogTail):
         answer counts, never an idle follower's silence: heartbeats ask
         every follower something at least every `heartbeat_interval`.
         """
-        recent = sum(
-            1 for f in self.followers.values() if self.last_tick - f.heard <= MAJORITY_SILENCE
-        )
+        recent = sum(1 for f in self.followers.values() if self._heard_lately(f))
         return self.role == LEADER and recent + 1 >= self.quorum()
+
+    def _heard_lately(self, f: Follower) -> bool:
+        """`f` answered within MAJORITY_SILENCE (of the last tick)."""
+        return self.last_tick - f.heard <= MAJORITY_SILENCE
 
     def _advance_commit(self) -> list:
         # The (quorum-1)-th best follower match, capped by our own durable
@@ -534,7 +536,7 @@ class Replica(LogTail):
             p: {
                 "up": f.up,
                 "alive": f.alive,
-                "heard": self.last_tick - f.heard <= MAJORITY_SILENCE,
+                "heard": self._heard_lately(f),
                 "last_number": f.match if f.match >= 0 else None,
             }
             for p, f in self.followers.items()
