@@ -168,11 +168,6 @@ if ! timeout 60 podman run --rm "$BASE" python3 -c 'pass' 2>"$WORK/probe.err"; t
 fi
 say "base image: $BASE"
 
-# ---------------------------------------------------------------- Prometheus
-# The image of the compose file's `prometheus` service: the official one where
-# Docker Hub answers, else deploy/prometheus-image (Debian's prometheus on the
-# same base, laid out like the official image), built in the background while
-# the bazaar image builds.
 # build SECONDS ARGS...: `podman build`, tried up to three times within
 # SECONDS in all. The builds download (pip, apt) and a DNS lookup that times
 # out under load fails the whole build ("Temporary failure in name
@@ -192,6 +187,11 @@ build() {
     return 1
 }
 
+# ---------------------------------------------------------------- Prometheus
+# The image of the compose file's `prometheus` service: the official one where
+# Docker Hub answers, else deploy/prometheus-image (Debian's prometheus on the
+# same base, laid out like the official image), built in the background while
+# the bazaar image builds.
 PROM_OFFICIAL="$(grep -o 'BAZAAR_PROMETHEUS_IMAGE:-[^}]*' docker-compose.yml | cut -d- -f2-)"
 PROM_IMAGE="${BAZAAR_PROMETHEUS_IMAGE:-}"
 prometheus_image() {
