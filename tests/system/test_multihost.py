@@ -115,7 +115,10 @@ def test_five_hosts_by_name_survive_leader_kills_under_load(named_cluster):
         env = cluster.env(name)
         for var in ("BAZAAR_CATALOG", "BAZAAR_CATALOG_PUB", "BAZAAR_ORDER_REPLICAS"):
             assert not any(a in env[var] for a in cluster.net.addr.values()), env[var]
-    health = cluster.health()["data"]
+    # /health is a view refreshed in the background: right after the first
+    # election it may still show the leader recovering, or a follower it has
+    # not heard yet (degraded).
+    health = cluster.wait_healthy()["data"]
     assert health["status"] == "ok", health
     assert all(r["up"] for r in health["order"]["replicas"].values()), health
 
